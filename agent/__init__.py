@@ -1,0 +1,1 @@
+"""agent: call sessions, audio frames, turn-taking, playout, transports' common side, CLI."""

@@ -1,0 +1,1 @@
+"""bench: benchmarks; each prints its figures and ratios against a same-process baseline."""

@@ -1,0 +1,1 @@
+"""config: YAML settings (default.yaml plus profiles) and the one typed loader."""

@@ -1,0 +1,1 @@
+"""sip_bridge: SIP user agent (sans-IO core + asyncio adapter), SDP, RTP media, gateway."""

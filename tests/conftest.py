@@ -1,0 +1,37 @@
+"""Shared test configuration: markers by folder, and the location of the shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = Path(os.environ.get("LFMCALL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+TINY_DIR = FIXTURES_DIR / "lfm2-audio-tiny"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("unit", "parity", "integration"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES_DIR.is_dir():
+        pytest.fail(f"shared fixtures not found at {FIXTURES_DIR} (set LFMCALL_FIXTURES)")
+    return FIXTURES_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "lfm2-audio-tiny" / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_dir(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "lfm2-audio-tiny" / "reference"
