@@ -1,0 +1,203 @@
+"""`lfm-call`: the command line.
+
+Each subcommand loads settings through the one loader (default.yaml -> --config -> environment ->
+--set), configures logging, then does its work. Bad settings fail before anything starts, with the
+source, the key and what was expected. Models are loaded here, at the entry point, never inside
+constructors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.log import configure_logging
+from config.loader import ConfigError, load_settings, parse_override
+from config.schema import Settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line `lfm-call: error: ...`, exit status 1."""
+
+
+class NotBuiltError(CliError):
+    """A subcommand whose feature has not been built yet (never a silent no-op)."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = [parse_override(text) for text in args.set or []]
+    extra = getattr(args, "_overrides", None)
+    if extra:
+        overrides.extend(extra(args))
+    settings = load_settings(args.config, overrides=overrides)
+    configure_logging(args.log_level or settings.logging.level, settings.logging.format)
+    return settings
+
+
+def _model_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]]:
+    out: list[dict[str, dict[str, Any]]] = []
+    if getattr(args, "model", None):
+        out.append({"model": {"ref": args.model, "offline_fallback": "error"}})
+    if getattr(args, "device", None):
+        out.append({"model": {"device": args.device}})
+    if getattr(args, "dtype", None):
+        out.append({"model": {"dtype": args.dtype}})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# subcommands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _settings(args)
+    raise NotBuiltError("`serve` is not built yet (WebRTC server and SIP gateway come with their issues)")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    _settings(args)
+    raise NotBuiltError("`simulate` is not built yet (scripted call simulation comes with the agent issue)")
+
+
+def cmd_dial(args: argparse.Namespace) -> int:
+    _settings(args)
+    raise NotBuiltError("`dial` is not built yet (outbound SIP calls come with the SIP gateway issue)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _settings(args)
+    raise NotBuiltError(
+        "`bench` is not built yet; run the individual benchmarks with `python -m bench.<name>`"
+    )
+
+
+def cmd_asr(args: argparse.Namespace) -> int:
+    from agent.commands import run_asr
+
+    code: int = run_asr(_settings(args), Path(args.wav))
+    return code
+
+
+def cmd_tts(args: argparse.Namespace) -> int:
+    from agent.commands import run_tts
+
+    code: int = run_tts(_settings(args), args.text, Path(args.output), args.voice)
+    return code
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from agent.commands import run_make_tiny
+
+    _settings(args)
+    code: int = run_make_tiny(Path(args.dir), args.seed)
+    return code
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from agent.commands import run_smoke
+
+    code: int = run_smoke(_settings(args), Path(args.out))
+    return code
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from config.loader import settings_as_dict
+
+    settings = _settings(args)
+    sys.stdout.write(yaml.safe_dump(settings_as_dict(settings), sort_keys=False))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="profile YAML merged over config/default.yaml")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PATH|REPO",
+                   help="checkpoint folder or Hugging Face repo id (default: model.ref)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: model.device)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(_overrides=_model_overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lfm-call",
+        description="Telephony voice agent around LFM2-Audio-1.5B: SIP gateway, WebRTC calls "
+        "and scripted call simulations.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "run the agent: HTTP (web page, WebRTC, health, metrics) and SIP")
+    _add_model(p)
+    p = add("simulate", cmd_simulate, "run scripted call simulations and write a report")
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO.yaml")
+    p.add_argument("--transport", default="inproc", choices=["inproc", "webrtc", "sip"])
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--out", default="runs/latest", metavar="DIR")
+    _add_model(p)
+    p = add("dial", cmd_dial, "place an outbound SIP call to a URI and talk to the callee")
+    p.add_argument("uri", metavar="sip:user@host")
+    _add_model(p)
+    p = add("asr", cmd_asr, "transcribe a WAV file with the model's ASR mode")
+    p.add_argument("wav", metavar="FILE.wav")
+    _add_model(p)
+    p = add("tts", cmd_tts, "speak text with the model's TTS mode into a WAV file")
+    p.add_argument("text")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.wav")
+    p.add_argument("--voice", metavar="DESCRIPTION", help="voice/style description")
+    _add_model(p)
+    p = add("make-tiny-checkpoint", cmd_make_tiny,
+            "write a tiny random checkpoint in the official layout (tests, offline demo)")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p = add("smoke", cmd_smoke,
+            "offline smoke run: agent reply to a spoken question through the G.711 line path")
+    p.add_argument("--out", default="runs/smoke", metavar="DIR")
+    _add_model(p)
+    p = add("bench", cmd_bench, "run the benchmark suite")
+    p.add_argument("--quick", action="store_true")
+    p = add("config", cmd_config, "print the effective settings after all layers")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"lfm-call: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        print(f"lfm-call: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

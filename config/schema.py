@@ -1,0 +1,124 @@
+"""The settings schema: one frozen dataclass per section of the YAML files.
+
+Every field carries its unit in its name and, where a value is constrained, a `spec(...)` in its
+metadata (range or choices). `config/default.yaml` documents every field with a comment; a unit
+test checks that the file and these defaults agree key for key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def spec(
+    default: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A dataclass field with validation limits attached as metadata."""
+    meta = {"min": min, "max": max, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = spec("INFO", choices=LOG_LEVELS)
+    format: str = spec("text", choices=("text", "json"))
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    frame_ms: int = spec(80, min=80, max=80)
+    model_input_rate_hz: int = spec(16000, min=16000, max=16000)
+    model_output_rate_hz: int = spec(24000, min=24000, max=24000)
+    packet_ms: int = spec(20, min=10, max=60)
+    jitter_buffer_ms: int = spec(60, min=0, max=1000)
+    output_latency_ms: int = spec(40, min=0, max=1000)
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    backend: str = spec("silero", choices=("silero", "energy"))
+    start_threshold: float = spec(0.5, min=0.0, max=1.0)
+    stop_threshold: float = spec(0.35, min=0.0, max=1.0)
+    start_ms: int = spec(64, min=0, max=2000)
+    stop_ms: int = spec(96, min=0, max=5000)
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    end_of_turn_silence_ms: int = spec(600, min=100, max=10000)
+    barge_in_min_speech_ms: int = spec(250, min=0, max=5000)
+    false_interruption_timeout_ms: int = spec(1500, min=0, max=10000)
+    max_turn_ms: int = spec(30000, min=1000, max=600000)
+    echo_gate: bool = spec(True)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    ref: str = spec("LiquidAI/LFM2-Audio-1.5B")
+    offline_fallback: str = spec("tiny", choices=("tiny", "error"))
+    device: str = spec("auto")
+    dtype: str = spec("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    input_mode: str = spec("chunked", choices=("chunked", "turn"))
+    chunk_frames: int = spec(8, min=1, max=256)
+    system_prompt: str = spec("Respond with interleaved text and audio.")
+    instructions: str = spec("")
+    greeting: str = spec("Hello, you are speaking with an AI assistant. How can I help?")
+    max_context_tokens: int = spec(32768, min=512, max=32768)
+    text_temperature: float = spec(0.0, min=0.0, max=5.0)
+    text_top_k: int = spec(0, min=0, max=65536)
+    audio_temperature: float = spec(0.0, min=0.0, max=5.0)
+    audio_top_k: int = spec(0, min=0, max=2049)
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    enabled: bool = spec(False)
+    listen_host: str = spec("127.0.0.1")
+    listen_port: int = spec(5080, min=1, max=65535)
+    advertised_address: str = spec("")
+    rtp_port_min: int = spec(20000, min=1024, max=65535)
+    rtp_port_max: int = spec(20999, min=1024, max=65535)
+    trusted_sources: tuple[str, ...] = spec(("127.0.0.1/32",))
+    codecs: tuple[str, ...] = spec(("G722", "PCMU", "PCMA"))
+    rtp_timeout_s: float = spec(30.0, min=1.0, max=3600.0)
+    auth_username: str = spec("")
+    auth_password: str = spec("")
+    registrar: str = spec("")
+    register_expires_s: int = spec(3600, min=60, max=86400)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    enabled: bool = spec(True)
+    host: str = spec("127.0.0.1")
+    port: int = spec(8080, min=1, max=65535)
+    auth: str = spec("auto", choices=("auto", "on", "off"))
+    auth_token: str = spec("")
+    cors_origins: tuple[str, ...] = spec(())
+    max_body_bytes: int = spec(65536, min=1024, max=10485760)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    max_calls: int = spec(8, min=1, max=10000)
+    drain_timeout_s: float = spec(300.0, min=0.0, max=86400.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
