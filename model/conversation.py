@@ -1,0 +1,357 @@
+"""One call's conversation with the model, owned by the engine's worker thread.
+
+Theory of operation
+-------------------
+A conversation is a list of turns, each a list of segments: text ids, input-audio embeddings
+(adapter outputs, one per 80 ms) or output-audio codes (8 per 80 ms). Everything in the turns has
+been fed to the backbone: ``state.position`` always equals the number of positions in ``turns``
+(plus, while a reply is being generated, the reply's consumed items). That invariant is what
+makes the two hard operations exact:
+
+* interrupt(played_frames): the reply is cut to the items the caller heard (audio frames up to
+  the last played one, and the text generated before it), the backbone state is rolled back to the
+  start of the reply (a saved position) and the kept items are fed again in one forward, then the
+  turn is closed with ``<|im_end|>\\n``. The result equals a fresh prefill of the truncated history.
+* context budget: when a turn would not fit, the oldest turns after the system prompt are dropped
+  and the remaining history is fed again into a fresh state.
+
+Input modes: ``turn`` keeps the caller's audio and encodes it all at end of turn (the official
+behaviour, bit for bit); ``chunked`` encodes every ``chunk_frames`` frames with
+``left_context_frames`` of earlier audio as context and feeds the new embeddings at once, so at end
+of turn only the tail remains. The embedding count is the same in both modes (ceil(F / 8) for F
+mel frames).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from model.backbone import BackboneState
+from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling
+from model.schedule import InterleavedSchedule, SequentialSchedule
+
+if TYPE_CHECKING:
+    from model.checkpoint import LoadedModel
+
+SAMPLES_PER_FRAME = 1280  # 80 ms at 16 kHz
+MEL_PER_FRAME = 8  # 10 ms hop, 8x subsampling
+
+SegmentKind = Literal["text", "audio_in", "audio_out"]
+
+
+@dataclass
+class Segment:
+    kind: SegmentKind
+    ids: list[int] = field(default_factory=list)
+    embeds: torch.Tensor | None = None  # audio_in: [n, hidden]
+    codes: torch.Tensor | None = None  # audio_out: [n, codebooks]
+
+    @property
+    def length(self) -> int:
+        if self.kind == "text":
+            return len(self.ids)
+        tensor = self.embeds if self.kind == "audio_in" else self.codes
+        return 0 if tensor is None else int(tensor.shape[0])
+
+
+@dataclass
+class Turn:
+    role: str
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return sum(s.length for s in self.segments)
+
+
+@dataclass
+class InputSettings:
+    mode: str = "chunked"  # "chunked" | "turn"
+    chunk_frames: int = 8
+    left_context_frames: int = 16
+
+
+@dataclass
+class GenJob:
+    """A reply (or greeting) being generated: one per conversation at most."""
+
+    reply_id: int
+    state: BackboneState
+    schedule: InterleavedSchedule | SequentialSchedule
+    text_sampling: Sampling
+    audio_sampling: Sampling
+    max_items: int
+    start_position: int
+    kind: Literal["reply", "greeting"] = "reply"
+    greeting_ids: list[int] = field(default_factory=list)
+    last_hidden: torch.Tensor | None = None  # decides the next item without a backbone call
+    pending: torch.Tensor | None = None  # [hidden] embedding of the last item, not yet consumed
+    items: list[tuple[Modality, int | None, torch.Tensor | None]] = field(default_factory=list)
+    text_ids: list[int] = field(default_factory=list)
+    audio_frames: int = 0  # decodable frames emitted (end-of-audio frames excluded)
+    mimi_state: object | None = None
+    done: bool = False
+
+
+class Conversation:
+    """Worker-side state of one call. Only the engine's worker thread touches it."""
+
+    def __init__(self, conv_id: int, loaded: LoadedModel, state: BackboneState, input_settings: InputSettings,
+                 max_context_tokens: int, reply_reserve_tokens: int) -> None:
+        self.id = conv_id
+        self.loaded = loaded
+        self.model = loaded.model
+        self.state = state
+        self.input = input_settings
+        self.max_context_tokens = max_context_tokens
+        self.reply_reserve_tokens = reply_reserve_tokens
+        self.turns: list[Turn] = []
+        self.turn_audio: list[np.ndarray] = []  # this user turn's 80 ms frames (float32, 16 kHz)
+        self.turn_encoded_frames = 0  # frames of turn_audio already encoded (chunked mode)
+        self.user_turn_open = False
+        self.job: GenJob | None = None
+        self.compactions = 0
+        self.next_reply_id = 1
+
+    # -- embeddings -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.loaded.tokenizer.encode(text)
+
+    @torch.no_grad()
+    def embed_segment(self, seg: Segment) -> torch.Tensor:
+        if seg.kind == "text":
+            ids = torch.tensor(seg.ids, dtype=torch.long, device=self.device)
+            return self.model.embed_text(ids)
+        if seg.kind == "audio_in":
+            assert seg.embeds is not None
+            return seg.embeds
+        assert seg.codes is not None
+        return self.model.embed_audio_frames(seg.codes.to(self.device))
+
+    @torch.no_grad()
+    def encode_waveform(self, wave: np.ndarray) -> torch.Tensor:
+        """16 kHz float32 mono -> adapter outputs [ceil(F / 8), hidden] (the official recipe)."""
+        w = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)
+        feats, _ = self.loaded.mel(w[None], torch.tensor([w.shape[0]], device=self.device))
+        frames = feats.shape[-1]
+        dtype = self.model.lfm.embed_tokens.weight.dtype
+        adapted, _, _ = self.model.encode_audio(feats[0].to(dtype), torch.tensor([frames], device=self.device))
+        return adapted
+
+    # -- feeding the backbone ---------------------------------------------------------------------
+    @torch.no_grad()
+    def feed(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Feed [n, hidden] to the backbone; returns the last final-normed hidden [hidden]."""
+        out = self.model.lfm(embeds[None], self.state)
+        return out[0, -1]
+
+    def append_segment(self, role: str, seg: Segment, new_turn: bool = False) -> torch.Tensor | None:
+        """Add a segment to the history (opening a turn if asked) and feed it. Returns last hidden."""
+        if seg.length == 0:
+            return None
+        self.ensure_room(seg.length)
+        if new_turn or not self.turns or self.turns[-1].role != role:
+            self.turns.append(Turn(role))
+        self.turns[-1].segments.append(seg)
+        return self.feed(self.embed_segment(seg))
+
+    @property
+    def history_positions(self) -> int:
+        return sum(t.length for t in self.turns)
+
+    # -- context budget -----------------------------------------------------------------------------
+    def ensure_room(self, incoming: int) -> None:
+        """Drop the oldest turns (never the system turn) when the budget would be exceeded."""
+        if self.state.position + incoming + self.reply_reserve_tokens <= self.max_context_tokens:
+            return
+        target = (self.max_context_tokens * 3) // 4 - incoming - self.reply_reserve_tokens
+        keep_from = 1
+        total = self.history_positions
+        # the open (last) turn is never dropped: it is being built right now
+        while total > max(target, 0) and keep_from < len(self.turns) - 1:
+            total -= self.turns[keep_from].length
+            keep_from += 1
+        self.turns = self.turns[:1] + self.turns[keep_from:]
+        self.rebuild_state()
+        self.compactions += 1
+
+    def rebuild_state(self) -> None:
+        """A fresh backbone state holding exactly `turns` (used after dropping turns)."""
+        self.state = self.model.lfm.new_state(batch_size=1, kv_capacity=max(256, self.history_positions + 64))
+        chunk: list[torch.Tensor] = []
+        size = 0
+        for turn in self.turns:
+            for seg in turn.segments:
+                chunk.append(self.embed_segment(seg))
+                size += seg.length
+                if size >= 2048:
+                    self.feed(torch.cat(chunk))
+                    chunk, size = [], 0
+        if chunk:
+            self.feed(torch.cat(chunk))
+        self.state.save()
+
+    # -- caller input ---------------------------------------------------------------------------------
+    def add_frame(self, frame: np.ndarray) -> None:
+        if not self.user_turn_open:
+            self.user_turn_open = True
+            self.turn_audio = []
+            self.turn_encoded_frames = 0
+            self.append_segment("user", Segment("text", self.text_ids("<|im_start|>user\n")), new_turn=True)
+        self.turn_audio.append(frame)
+
+    def chunk_ready(self) -> bool:
+        if self.input.mode != "chunked" or not self.user_turn_open:
+            return False
+        return len(self.turn_audio) - self.turn_encoded_frames >= self.input.chunk_frames
+
+    def encode_chunk(self, final: bool) -> None:
+        """Encode the next chunk (or, if final, everything left) with left context, and feed it."""
+        start = self.turn_encoded_frames
+        end = len(self.turn_audio) if final else start + self.input.chunk_frames
+        if end <= start and not final:
+            return
+        ctx_start = max(0, start - self.input.left_context_frames)
+        window = np.concatenate(self.turn_audio[ctx_start:end]) if end > ctx_start else np.zeros(0, np.float32)
+        if window.shape[0] == 0:
+            return
+        embeds = self.encode_waveform(window)
+        skip = start - ctx_start
+        rows = embeds[skip:] if final else embeds[skip : skip + (end - start)]
+        self.turn_encoded_frames = end
+        self.append_segment("user", Segment("audio_in", embeds=rows.detach()))
+
+    def close_user_turn(self) -> None:
+        """End of the caller's turn: encode what is left, close the turn."""
+        if not self.user_turn_open:
+            return
+        if self.input.mode == "chunked":
+            self.encode_chunk(final=True)
+        elif self.turn_audio:
+            embeds = self.encode_waveform(np.concatenate(self.turn_audio))
+            self.append_segment("user", Segment("audio_in", embeds=embeds.detach()))
+        self.append_segment("user", Segment("text", self.text_ids("<|im_end|>\n")))
+        self.user_turn_open = False
+        self.turn_audio = []
+        self.turn_encoded_frames = 0
+
+    # -- replies ----------------------------------------------------------------------------------------
+    def start_reply(self, n_text: int, n_audio: int, text_sampling: Sampling, audio_sampling: Sampling,
+                    max_items: int) -> GenJob:
+        self.close_user_turn()
+        hidden = self.append_segment("assistant", Segment("text", self.text_ids("<|im_start|>assistant\n")),
+                                     new_turn=True)
+        assert hidden is not None
+        start = self.state.save()
+        job = GenJob(self.next_reply_id, self.state, InterleavedSchedule(n_text, n_audio), text_sampling,
+                     audio_sampling, max_items, start, last_hidden=hidden)
+        self.next_reply_id += 1
+        self.job = job
+        return job
+
+    def finish_reply(self, keep_audio_frames: int | None) -> tuple[list[int], int]:
+        """Close the current reply keeping what was heard (all if None); returns (text ids, frames)."""
+        job = self.job
+        assert job is not None
+        self.job = None
+        items = heard_items(job.items, keep_audio_frames)
+        if job.kind == "greeting":
+            return self._record_greeting(job, keep_audio_frames)
+        segments = _items_to_segments(items)
+        self.state.truncate(job.start_position)
+        turn = self.turns[-1]
+        for seg in segments:
+            turn.segments.append(seg)
+        if segments:
+            self.feed(torch.cat([self.embed_segment(s) for s in segments]))
+        self.turns[-1].segments.append(Segment("text", self.text_ids("<|im_end|>\n")))
+        self.feed(self.embed_segment(self.turns[-1].segments[-1]))
+        self.state.forget_saves_before(self.state.position)
+        self.state.save()
+        text_ids = [int(t) for kind, t, _ in items if kind == Modality.TEXT and t is not None]
+        return text_ids, sum(1 for item in items if is_decodable(item))
+
+    # -- greetings (TTS on a side state, then written into the call's history) --------------------------
+    def start_greeting(self, text: str, text_sampling: Sampling, audio_sampling: Sampling,
+                       max_items: int) -> GenJob:
+        self.close_user_turn()
+        side = self.model.lfm.new_state(batch_size=1, kv_capacity=256)
+        prompt = ["<|startoftext|>", "<|im_start|>system\n", "Perform TTS.", "<|im_end|>\n",
+                  "<|im_start|>user\n", text, "<|im_end|>\n", "<|im_start|>assistant\n"]
+        ids = [i for piece in prompt for i in self.text_ids(piece)]
+        hidden = self.model.lfm(self.model.embed_text(torch.tensor([ids], device=self.device)), side)[0, -1]
+        job = GenJob(self.next_reply_id, side, SequentialSchedule(), text_sampling, audio_sampling, max_items,
+                     side.position, kind="greeting", greeting_ids=self.text_ids(text), last_hidden=hidden)
+        self.next_reply_id += 1
+        self.job = job
+        return job
+
+    def _record_greeting(self, job: GenJob, keep_audio_frames: int | None) -> tuple[list[int], int]:
+        codes = [item[2] for item in job.items if is_decodable(item) and item[2] is not None]
+        total = len(codes)
+        frames = total if keep_audio_frames is None else min(keep_audio_frames, total)
+        ids = job.greeting_ids
+        heard_ids = ids if frames == total else ids[: (len(ids) * frames) // max(total, 1)]
+        segments: list[Segment] = [Segment("text", self.text_ids("<|im_start|>assistant\n"))]
+        if heard_ids:
+            segments.append(Segment("text", list(heard_ids)))
+        if frames:
+            segments.append(Segment("audio_out", codes=torch.stack(codes[:frames]).cpu()))
+        segments.append(Segment("text", self.text_ids("<|im_end|>\n")))
+        self.turns.append(Turn("assistant"))
+        for seg in segments:
+            self.append_segment("assistant", seg)
+        self.state.save()
+        return list(heard_ids), frames
+
+
+def is_decodable(item: tuple[Modality, int | None, torch.Tensor | None]) -> bool:
+    return item[0] == Modality.AUDIO_OUT and item[2] is not None and int(item[2][0]) != END_OF_AUDIO
+
+
+def heard_items(items: list[tuple[Modality, int | None, torch.Tensor | None]],
+                keep_audio_frames: int | None) -> list[tuple[Modality, int | None, torch.Tensor | None]]:
+    """The items up to and including the `keep_audio_frames`-th decodable audio frame (all if None).
+
+    Text generated after the last heard frame, and an end-of-audio frame after it, were not heard.
+    """
+    if keep_audio_frames is None:
+        return list(items)
+    out: list[tuple[Modality, int | None, torch.Tensor | None]] = []
+    frames = 0
+    if keep_audio_frames <= 0:
+        return out
+    for item in items:
+        out.append(item)
+        if is_decodable(item):
+            frames += 1
+            if frames == keep_audio_frames:
+                break
+    return out
+
+
+def _items_to_segments(items: list[tuple[Modality, int | None, torch.Tensor | None]]) -> list[Segment]:
+    segments: list[Segment] = []
+    for kind, token, codes in items:
+        if kind == Modality.TEXT:
+            assert token is not None
+            if segments and segments[-1].kind == "text":
+                segments[-1].ids.append(token)
+            else:
+                segments.append(Segment("text", [token]))
+        else:
+            assert codes is not None
+            row = codes.reshape(1, -1).cpu()
+            if segments and segments[-1].kind == "audio_out" and segments[-1].codes is not None:
+                segments[-1].codes = torch.cat((segments[-1].codes, row))
+            else:
+                segments.append(Segment("audio_out", codes=row))
+    return segments

@@ -1,0 +1,498 @@
+"""The real-time engine: one worker thread owns the model and serves every call.
+
+Theory of operation
+-------------------
+Calls talk to the worker only through a bounded command queue (``queue.Queue``, never blocking the
+event loop: a full queue is an error event, counted) and receive events back on their own asyncio
+queues (``loop.call_soon_threadsafe``). The worker loop, one iteration at a time:
+
+1. applies every queued command (open, feed, end of turn, respond, greet, interrupt, close);
+2. runs ONE batched generation step for every call that is generating: one backbone position per
+   call (``model.batched.backbone_step``), then one depthformer frame for every call whose
+   schedule asks for audio (``model.batched.audio_frames``), then each new audio frame through that
+   call's own streaming Mimi decoder; each decoded 80 ms chunk is sent at once;
+3. runs prefill work: end-of-turn work first (it is on the latency path), then encoder chunks of
+   calls that are still speaking.
+
+Fairness rule: while any call is generating, one iteration does at most ONE prefill unit (one
+encoder chunk, or one end-of-turn close) between two generation steps, taking calls round-robin;
+so a generating call is delayed by at most one unit per step, and a prefilling call waits at most
+(number of prefilling calls) steps. With nobody generating, all prefill work runs at once.
+
+interrupt(played_frames) is handled before the next step: generation stops within one model step,
+the reply is cut to what the caller heard and the backbone state rolled back to exactly that
+(see ``model.conversation``). If a step raises, the calls in that step get an ``EngineError``
+event and are reset; the others go on. If the worker thread itself dies, every call gets an
+``EngineError`` and a new worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.batched import audio_frames, backbone_step
+from model.checkpoint import LoadedModel
+from model.conversation import Conversation, GenJob, InputSettings
+from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling, sample_from_logits
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM_PROMPT = "Respond with interleaved text and audio."
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    input_mode: str = "chunked"
+    chunk_frames: int = 8
+    left_context_frames: int = 16
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    instructions: str = ""
+    max_context_tokens: int = 32768
+    reply_reserve_tokens: int = 1024
+    max_reply_items: int = 1000
+    text_sampling: Sampling = Sampling()
+    audio_sampling: Sampling = Sampling()
+    command_queue_size: int = 4096
+    seed: int = 0
+
+
+# -- events sent to a call --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentAudio:
+    """80 ms of agent speech (float32, 24 kHz, 1920 samples) and the reply's text so far."""
+
+    reply_id: int
+    frame_index: int
+    pcm: np.ndarray
+    text: str
+    codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReplyFinished:
+    reply_id: int
+    text: str  # text kept in the history (what was heard, when interrupted)
+    frames: int  # audio frames kept in the history
+    interrupted: bool
+    generated_frames: int
+
+
+@dataclass(frozen=True)
+class EngineError:
+    reply_id: int | None
+    message: str
+
+
+EngineEvent = AgentAudio | ReplyFinished | EngineError
+
+
+class EngineQueueFull(RuntimeError):
+    """The worker's command queue is full (the engine is overloaded)."""
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cmd:
+    kind: str
+    conv_id: int
+    payload: Any = None
+    future: asyncio.Future[Any] | None = None
+
+
+@dataclass
+class _Call:
+    """Engine-side bookkeeping of one call: its worker conversation and its event sink."""
+
+    conv: Conversation | None
+    emit: Callable[[EngineEvent], None]
+    instructions: str
+    deferred_frames: list[np.ndarray] = field(default_factory=list)
+    end_turn_requested: bool = False
+    respond_requested: bool = False
+    reply_text: str = ""
+    pending_interrupt: list[tuple[int, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None]] = \
+        field(default_factory=list)
+
+
+class CallConversation:
+    """The asyncio side of one call's conversation (what the agent's CallSession holds)."""
+
+    def __init__(self, engine: Engine, conv_id: int) -> None:
+        self._engine = engine
+        self.id = conv_id
+        self.events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self.dropped_frames = 0
+
+    def feed(self, frame: np.ndarray) -> None:
+        """80 ms of caller audio at 16 kHz (1280 samples, float32 in [-1, 1) or int16)."""
+        pcm = np.asarray(frame)
+        if pcm.dtype == np.int16:
+            pcm = pcm.astype(np.float32) / 32768.0
+        try:
+            self._engine._submit(_Cmd("feed", self.id, pcm.astype(np.float32, copy=False)))
+        except EngineQueueFull:
+            self.dropped_frames += 1
+
+    def end_turn(self) -> None:
+        self._engine._submit(_Cmd("end_turn", self.id))
+
+    def respond(self) -> None:
+        """Close the caller's turn (if open) and generate a reply; chunks arrive on `events`."""
+        self._engine._submit(_Cmd("respond", self.id))
+
+    def greet(self, text: str) -> None:
+        """Speak `text` first (TTS); it is written into the history as the agent's first turn."""
+        self._engine._submit(_Cmd("greet", self.id, text))
+
+    async def interrupt(self, played_frames: int) -> ReplyFinished | None:
+        """Stop the reply within one step and keep exactly `played_frames` frames in the history."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._engine._submit(_Cmd("interrupt", self.id, int(played_frames), fut))
+        result: ReplyFinished | None = await fut
+        return result
+
+    def close(self) -> None:
+        with contextlib.suppress(EngineQueueFull):
+            self._engine._submit(_Cmd("close", self.id))
+
+    async def reply_chunks(self) -> AsyncIterator[AgentAudio]:
+        """Iterate the current reply's audio until it finishes (ReplyFinished/EngineError end it)."""
+        while True:
+            event = await self.events.get()
+            if isinstance(event, AgentAudio):
+                yield event
+            else:
+                self.last_event = event
+                return
+
+
+class Engine:
+    """Owns the loaded model; serves every call from one worker thread."""
+
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None) -> None:
+        self.loaded = loaded
+        self.settings = settings or EngineSettings()
+        self._commands: queue.Queue[_Cmd] = queue.Queue(self.settings.command_queue_size)
+        self._calls: dict[int, _Call] = {}
+        self._next_id = 1
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._rr = 0
+        self.restarts = 0
+        self.steps = 0
+        self.step_seconds: list[float] = []
+        self.fault_hook: Callable[[list[int]], None] | None = None  # tests inject failures here
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="lfm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._commands.put_nowait(_Cmd("wake", 0))
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._thread = None
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    def open(self, instructions: str | None = None) -> CallConversation:
+        """Register a call; its events arrive on the returned object's `events` queue."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            conv_id = self._next_id
+            self._next_id += 1
+        handle = CallConversation(self, conv_id)
+
+        def emit(event: EngineEvent) -> None:
+            loop.call_soon_threadsafe(handle.events.put_nowait, event)
+
+        self._submit(_Cmd("open", conv_id, (emit, instructions or "")))
+        return handle
+
+    def _submit(self, cmd: _Cmd) -> None:
+        try:
+            self._commands.put_nowait(cmd)
+        except queue.Full:
+            raise EngineQueueFull(f"engine command queue full ({self.settings.command_queue_size})") from None
+
+    # -- the worker ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        try:
+            while not self._stop.is_set():
+                busy = any(c.conv is not None and (c.conv.job is not None or c.end_turn_requested or
+                                                   c.respond_requested or c.conv.chunk_ready())
+                           for c in self._calls.values())
+                self._drain_commands(block=not busy)
+                self._generation_step()
+                self._prefill_work()
+        except BaseException as exc:  # the worker died: tell every call, then restart
+            log.exception("engine worker died")
+            for call in self._calls.values():
+                call.emit(EngineError(None, f"engine worker died: {exc!r}"))
+                call.conv = None
+            self._calls.clear()
+            self.restarts += 1
+            if not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="lfm-engine", daemon=True)
+                self._thread.start()
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            cmd = self._commands.get(timeout=0.05) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(cmd)
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _new_conversation(self, conv_id: int, instructions: str) -> Conversation:
+        s = self.settings
+        state = self.loaded.model.lfm.new_state(batch_size=1, kv_capacity=512)
+        conv = Conversation(conv_id, self.loaded, state, InputSettings(s.input_mode, s.chunk_frames,
+                                                                        s.left_context_frames),
+                            s.max_context_tokens, s.reply_reserve_tokens)
+        prompt = s.system_prompt
+        extra = " ".join(x for x in (s.instructions, instructions) if x)
+        if extra:
+            prompt = f"{prompt} {extra}"
+        from model.conversation import Segment
+
+        ids = [i for piece in ("<|startoftext|>", "<|im_start|>system\n", prompt, "<|im_end|>\n")
+               for i in conv.text_ids(piece)]
+        conv.append_segment("system", Segment("text", ids), new_turn=True)
+        conv.state.save()
+        return conv
+
+    def _apply(self, cmd: _Cmd) -> None:
+        if cmd.kind == "wake":
+            return
+        if cmd.kind == "open":
+            emit, instructions = cmd.payload
+            call = _Call(None, emit, instructions)
+            self._calls[cmd.conv_id] = call
+            self._guard([cmd.conv_id], lambda: setattr(call, "conv", self._new_conversation(cmd.conv_id,
+                                                                                             instructions)))
+            return
+        call = self._calls.get(cmd.conv_id)
+        if call is None or call.conv is None:
+            if cmd.future is not None:
+                _resolve(cmd.future, None)
+            return
+        conv = call.conv
+        if cmd.kind == "feed":
+            if conv.job is not None or call.end_turn_requested or call.deferred_frames:
+                call.deferred_frames.append(cmd.payload)
+            else:
+                conv.add_frame(cmd.payload)
+        elif cmd.kind == "end_turn":
+            call.end_turn_requested = True
+        elif cmd.kind == "respond":
+            call.end_turn_requested = True
+            call.respond_requested = True
+        elif cmd.kind == "greet":
+            if conv.job is None:
+                self._guard([cmd.conv_id], lambda: self._start_greeting(call, cmd.payload))
+        elif cmd.kind == "interrupt":
+            result = None
+            if conv.job is not None:
+                result = self._finish(call, keep=cmd.payload)
+            if cmd.future is not None:
+                _resolve(cmd.future, result)
+        elif cmd.kind == "close":
+            if conv.job is not None:
+                conv.job = None
+            del self._calls[cmd.conv_id]
+
+    def _start_greeting(self, call: _Call, text: str) -> None:
+        assert call.conv is not None
+        s = self.settings
+        job = call.conv.start_greeting(text, s.text_sampling, s.audio_sampling, s.max_reply_items)
+        job.mimi_state = self.loaded.mimi.new_decoder_state(1)
+        call.reply_text = text
+
+    def _start_reply(self, call: _Call) -> None:
+        assert call.conv is not None
+        s = self.settings
+        cfg = self.loaded.config
+        max_items = min(s.max_reply_items, s.reply_reserve_tokens - 2)
+        job = call.conv.start_reply(cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
+                                    s.audio_sampling, max_items)
+        job.mimi_state = self.loaded.mimi.new_decoder_state(1)
+        call.reply_text = ""
+
+    def _finish(self, call: _Call, keep: int | None) -> ReplyFinished:
+        conv = call.conv
+        assert conv is not None and conv.job is not None
+        job = conv.job
+        generated = job.audio_frames
+        ids, frames = conv.finish_reply(keep)
+        text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        event = ReplyFinished(job.reply_id, text, frames, keep is not None, generated)
+        call.emit(event)
+        return event
+
+    def _guard(self, conv_ids: list[int], work: Callable[[], None]) -> bool:
+        """Run work; on an exception the calls involved get an error event and are reset."""
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(conv_ids)
+            work()
+            return True
+        except Exception as exc:
+            log.exception("engine step failed for calls %s", conv_ids)
+            for conv_id in conv_ids:
+                call = self._calls.get(conv_id)
+                if call is None:
+                    continue
+                reply_id = call.conv.job.reply_id if call.conv is not None and call.conv.job else None
+                call.emit(EngineError(reply_id, f"model step failed: {exc}"))
+                call.respond_requested = call.end_turn_requested = False
+                call.deferred_frames = []
+                try:
+                    call.conv = self._new_conversation(conv_id, call.instructions)
+                except Exception:
+                    call.conv = None
+            return False
+
+    # -- generation ------------------------------------------------------------------------------------
+    def _generation_step(self) -> None:
+        active = [(cid, c) for cid, c in self._calls.items() if c.conv is not None and c.conv.job is not None]
+        if not active:
+            return
+        t0 = time.perf_counter()
+        ids = [cid for cid, _ in active]
+        self._guard(ids, lambda: self._step(active))
+        self.steps += 1
+        self.step_seconds.append(time.perf_counter() - t0)
+        if len(self.step_seconds) > 10000:
+            del self.step_seconds[:5000]
+
+    def _step(self, active: list[tuple[int, _Call]]) -> None:
+        model = self.loaded.model
+        jobs: list[tuple[_Call, GenJob]] = []
+        for _, call in active:
+            assert call.conv is not None and call.conv.job is not None
+            jobs.append((call, call.conv.job))
+        # 1. backbone: calls whose last item is not consumed yet
+        need = [(c, j) for c, j in jobs if j.last_hidden is None]
+        if need:
+            embeds = torch.stack([j.pending for _, j in need if j.pending is not None])
+            hidden = backbone_step(model.lfm, embeds, [j.state for _, j in need])
+            for b, (_, j) in enumerate(need):
+                j.last_hidden = hidden[b]
+                j.pending = None
+        # 2. decide each call's item
+        text_jobs, audio_jobs = [], []
+        for c, j in jobs:
+            if len(j.items) >= j.max_items:
+                j.done = True
+                continue
+            (text_jobs if j.schedule.begin_step() == Modality.TEXT else audio_jobs).append((c, j))
+        if text_jobs:
+            hidden = torch.stack([j.last_hidden for _, j in text_jobs if j.last_hidden is not None])
+            logits = model.lfm.text_logits(hidden)
+            for b, (c, j) in enumerate(text_jobs):
+                token = sample_from_logits(logits[b], j.text_sampling)
+                j.last_hidden = None
+                if j.schedule.after_text(token):
+                    j.items.append((Modality.TEXT, token, None))
+                    j.text_ids.append(token)
+                    if j.kind == "reply":
+                        c.reply_text = self.loaded.tokenizer.decode(j.text_ids, skip_special_tokens=True)
+                if j.schedule.finished:
+                    j.done = True
+                else:
+                    j.pending = model.embed_text(torch.tensor([token], device=hidden.device))[0]
+        if audio_jobs:
+            hidden = torch.stack([j.last_hidden for _, j in audio_jobs if j.last_hidden is not None])
+            codes = audio_frames(model, hidden, [j.audio_sampling for _, j in audio_jobs])
+            for b, (c, j) in enumerate(audio_jobs):
+                frame = codes[b]
+                eoa = int(frame[0]) == END_OF_AUDIO
+                if eoa:
+                    frame = torch.full_like(frame, END_OF_AUDIO)
+                j.schedule.after_audio(eoa)
+                j.last_hidden = None
+                j.items.append((Modality.AUDIO_OUT, None, frame.cpu()))
+                j.pending = model.embed_audio_frames(frame)
+                if not eoa:
+                    pcm = self.loaded.mimi.decode_step(frame.view(1, -1, 1), j.mimi_state)
+                    c.emit(AgentAudio(j.reply_id, j.audio_frames, pcm.reshape(-1).float().cpu().numpy(),
+                                      c.reply_text, tuple(int(x) for x in frame.tolist())))
+                    j.audio_frames += 1
+        for c, j in jobs:
+            if j.done:
+                self._finish(c, keep=None)
+
+    # -- prefill ------------------------------------------------------------------------------------------
+    def _prefill_work(self) -> None:
+        generating = any(c.conv is not None and c.conv.job is not None for c in self._calls.values())
+        budget = 1 if generating else 1 << 30
+        # caller audio that arrived while a reply was generating or closing opens the next turn
+        for call in self._calls.values():
+            conv = call.conv
+            if call.deferred_frames and conv is not None and conv.job is None and not call.end_turn_requested:
+                for frame in call.deferred_frames:
+                    conv.add_frame(frame)
+                call.deferred_frames = []
+        # end of turn first: it is on the latency path
+        for cid, call in list(self._calls.items()):
+            if budget == 0:
+                return
+            conv = call.conv
+            if conv is None or conv.job is not None or not call.end_turn_requested:
+                continue
+            budget -= 1
+            respond = call.respond_requested
+            call.end_turn_requested = call.respond_requested = False
+            if respond:
+                self._guard([cid], lambda call=call: self._start_reply(call))  # type: ignore[misc]
+            else:
+                self._guard([cid], conv.close_user_turn)
+        ids = list(self._calls)
+        if not ids:
+            return
+        for k in range(len(ids)):
+            if budget == 0:
+                return
+            cid = ids[(self._rr + k) % len(ids)]
+            call = self._calls[cid]
+            conv = call.conv
+            while conv is not None and conv.job is None and conv.chunk_ready() and budget > 0:
+                budget -= 1
+                self._guard([cid], lambda conv=conv: conv.encode_chunk(final=False))  # type: ignore[misc]
+                conv = call.conv
+        self._rr += 1
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    loop = fut.get_loop()
+    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(value))

@@ -1,0 +1,250 @@
+"""Engine behaviour on the tiny checkpoint: batching, failures, greeting, context budget."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.batched import audio_frames, backbone_step
+from model.checkpoint import LoadedModel, load_model
+from model.conversation import Conversation, InputSettings, Segment, heard_items
+from model.engine import AgentAudio, CallConversation, Engine, EngineError, EngineSettings, ReplyFinished
+from model.lfm2_audio import Modality, Sampling
+
+FRAME = 1280
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint_dir: Path) -> LoadedModel:
+    torch.set_num_threads(1)
+    return load_model(tiny_checkpoint_dir, device="cpu", dtype="float32")
+
+
+def speech_like(seconds: float, seed: int) -> np.ndarray:
+    """A voiced, syllable-modulated signal (deterministic), float32 at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    f0 = 110 + 40 * rng.random()
+    voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * (3 + rng.random()) * t))
+    return (0.2 * voiced * envelope + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+async def reply(conv: CallConversation) -> tuple[list[AgentAudio], object]:
+    frames: list[AgentAudio] = []
+    while True:
+        event = await asyncio.wait_for(conv.events.get(), 60)
+        if isinstance(event, AgentAudio):
+            frames.append(event)
+        else:
+            return frames, event
+
+
+def feed(conv: CallConversation, wave: np.ndarray) -> None:
+    for i in range(0, len(wave), FRAME):
+        conv.feed(wave[i : i + FRAME])
+
+
+def test_backbone_step_batched_equals_one_by_one(loaded: LoadedModel) -> None:
+    lfm = loaded.model.lfm
+    gen = torch.Generator().manual_seed(0)
+    lengths = [3, 11, 7]
+    solo_states, batch_states = [], []
+    for n in lengths:
+        prompt = torch.randn(1, n, lfm.config.hidden_size, generator=gen)
+        a, b = lfm.new_state(), lfm.new_state()
+        lfm(prompt, a)
+        lfm(prompt, b)
+        solo_states.append(a)
+        batch_states.append(b)
+    for _ in range(4):
+        x = torch.randn(len(lengths), lfm.config.hidden_size, generator=gen)
+        batched = backbone_step(lfm, x, batch_states)
+        solo = torch.stack([lfm(x[i, None, None], s)[0, -1] for i, s in enumerate(solo_states)])
+        torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)
+    assert [s.position for s in batch_states] == [n + 4 for n in lengths]
+
+
+def test_depthformer_batched_equals_one_by_one(loaded: LoadedModel) -> None:
+    gen = torch.Generator().manual_seed(1)
+    hidden = 6 * torch.randn(5, loaded.config.lfm.hidden_size, generator=gen)
+    batched = audio_frames(loaded.model, hidden, [Sampling()] * 5)
+    solo = torch.stack([loaded.model.sample_audio_frame(h)[0] for h in hidden])
+    assert torch.equal(batched, solo)
+
+
+def test_concurrent_calls_get_the_same_replies_as_alone(loaded: LoadedModel) -> None:
+    waves = [speech_like(1.5, seed) for seed in range(3)]
+
+    async def alone(w: np.ndarray) -> list[tuple[int, ...]]:
+        engine = Engine(loaded, EngineSettings(input_mode="turn", max_reply_items=60))
+        engine.start()
+        try:
+            conv = engine.open()
+            feed(conv, w)
+            conv.respond()
+            frames, done = await reply(conv)
+            assert isinstance(done, ReplyFinished)
+            return [f.codes for f in frames]
+        finally:
+            engine.stop()
+
+    async def together() -> list[list[tuple[int, ...]]]:
+        engine = Engine(loaded, EngineSettings(input_mode="turn", max_reply_items=60))
+        engine.start()
+        try:
+            convs = [engine.open() for _ in waves]
+            for conv, w in zip(convs, waves, strict=True):
+                feed(conv, w)
+            for conv in convs:
+                conv.respond()
+            results = await asyncio.gather(*(reply(c) for c in convs))
+            assert engine.steps < sum(len(f) for f, _ in results)  # steps were shared
+            return [[f.codes for f in frames] for frames, _ in results]
+        finally:
+            engine.stop()
+
+    solo = [asyncio.run(alone(w)) for w in waves]
+    assert all(len(s) > 0 for s in solo)
+    assert asyncio.run(together()) == solo
+
+
+def test_failing_call_gets_error_and_others_continue(loaded: LoadedModel) -> None:
+    async def run() -> tuple[object, object, int]:
+        engine = Engine(loaded, EngineSettings(input_mode="turn", max_reply_items=30))
+        engine.start()
+        try:
+            good, bad = engine.open(), engine.open()
+            feed(good, speech_like(1.0, 1))
+            feed(bad, speech_like(1.0, 2))
+
+            def hook(ids: list[int]) -> None:
+                if bad.id in ids and len(ids) == 1:
+                    raise RuntimeError("injected fault")
+
+            engine.fault_hook = hook
+            bad.respond()
+            bad_event = await asyncio.wait_for(bad.events.get(), 30)
+            engine.fault_hook = None
+            good.respond()
+            frames, good_done = await reply(good)
+            # the failed call was reset and can still talk
+            feed(bad, speech_like(1.0, 3))
+            bad.respond()
+            _, bad_again = await reply(bad)
+            return bad_event, good_done, len(frames) if bad_again is not None else -1
+        finally:
+            engine.stop()
+
+    bad_event, good_done, good_frames = asyncio.run(run())
+    assert isinstance(bad_event, EngineError) and "injected fault" in bad_event.message
+    assert isinstance(good_done, ReplyFinished) and good_frames > 0
+
+
+class WorkerCrash(BaseException):
+    """Escapes the per-step guard: kills the worker thread."""
+
+
+def test_worker_death_errors_every_call_and_restarts(loaded: LoadedModel) -> None:
+    async def run() -> tuple[list[object], object, int]:
+        engine = Engine(loaded, EngineSettings(input_mode="turn", max_reply_items=20))
+        engine.start()
+        try:
+            a, b = engine.open(), engine.open()
+            feed(a, speech_like(0.5, 1))
+            a.respond()
+            await reply(a)  # commands are FIFO: both calls are open on the worker now
+            fired: list[int] = []
+
+            def hook(ids: list[int]) -> None:
+                if not fired:
+                    fired.append(1)
+                    raise WorkerCrash
+
+            engine.fault_hook = hook
+            feed(a, speech_like(0.5, 3))
+            a.respond()
+            errors = [await asyncio.wait_for(a.events.get(), 30), await asyncio.wait_for(b.events.get(), 30)]
+            engine.fault_hook = None
+            c = engine.open()
+            feed(c, speech_like(0.5, 2))
+            c.respond()
+            _, done = await reply(c)
+            return errors, done, engine.restarts
+        finally:
+            engine.stop()
+
+    errors, done, restarts = asyncio.run(run())
+    assert all(isinstance(e, EngineError) and "died" in e.message for e in errors)
+    assert isinstance(done, ReplyFinished) and restarts == 1
+
+
+def test_greeting_is_spoken_and_kept_in_history(loaded: LoadedModel) -> None:
+    async def run() -> tuple[list[AgentAudio], object, Engine]:
+        engine = Engine(loaded, EngineSettings(max_reply_items=40))
+        engine.start()
+        conv = engine.open()
+        conv.greet("Hello, this is an automated assistant.")
+        frames, done = await reply(conv)
+        return frames, done, engine
+
+    frames, done, engine = asyncio.run(run())
+    try:
+        assert isinstance(done, ReplyFinished) and done.frames == len(frames)
+        conv = next(c.conv for c in engine._calls.values())
+        assert conv is not None and conv.turns[-1].role == "assistant"
+        assert conv.state.position == conv.history_positions
+    finally:
+        engine.stop()
+
+
+def test_heard_items_cuts_text_after_last_played_frame() -> None:
+    audio = (Modality.AUDIO_OUT, None, torch.zeros(8, dtype=torch.long))
+    eoa = (Modality.AUDIO_OUT, None, torch.full((8,), 2048))
+    text = (Modality.TEXT, 5, None)
+    items = [text, text, audio, audio, text, audio, eoa, text]
+    assert heard_items(items, 0) == []
+    assert heard_items(items, 1) == items[:3]
+    assert heard_items(items, 2) == items[:4]
+    assert heard_items(items, 3) == items[:6]
+    assert heard_items(items, 10) == items
+    assert heard_items(items, None) == items
+
+
+@pytest.mark.parametrize("budget", [32768, 8192])
+def test_thirty_minute_call_stays_within_context_budget(loaded: LoadedModel, budget: int) -> None:
+    """Synthetic history of a 30-minute call: 10 s caller turns, 10 s interleaved replies.
+
+    A 30-minute call of continuous talk is about 29,000 positions, so the real budget (32,768) holds
+    it; a smaller budget shows the oldest turns being dropped again and again with the call going on.
+    """
+    lfm = loaded.model.lfm
+    conv = Conversation(1, loaded, lfm.new_state(), InputSettings("turn"), budget, reply_reserve_tokens=1024)
+    conv.append_segment("system", Segment("text", conv.text_ids("<|startoftext|>system prompt")), new_turn=True)
+    gen = torch.Generator().manual_seed(0)
+    hidden = loaded.config.lfm.hidden_size
+    seconds = 0.0
+    while seconds < 30 * 60:
+        conv.append_segment("user", Segment("text", conv.text_ids("<|im_start|>user\n")), new_turn=True)
+        conv.append_segment("user", Segment("audio_in", embeds=0.1 * torch.randn(125, hidden, generator=gen)))
+        conv.append_segment("user", Segment("text", conv.text_ids("<|im_end|>\n")))
+        conv.append_segment("assistant", Segment("text", conv.text_ids("<|im_start|>assistant\n")), new_turn=True)
+        for _block in range(10):  # interleaved: 6 text tokens, then 12 audio frames
+            conv.append_segment("assistant", Segment("text", [int(x) for x in torch.randint(200, 400, (6,))]))
+            codes = torch.randint(0, 2048, (12, 8), generator=gen)
+            conv.append_segment("assistant", Segment("audio_out", codes=codes))
+        conv.append_segment("assistant", Segment("text", conv.text_ids("<|im_end|>\n")))
+        seconds += 20
+        assert conv.state.position == conv.history_positions
+        assert conv.state.position + conv.reply_reserve_tokens <= budget
+    assert conv.compactions >= (3 if budget < 20000 else 0)
+    assert conv.turns[0].role == "system"
+    # the compacted state equals a fresh prefill of what remains
+    state = lfm.new_state(kv_capacity=conv.state.kv_capacity)
+    lfm(torch.cat([conv.embed_segment(s) for t in conv.turns for s in t.segments])[None], state)
+    probe = loaded.model.embed_text(torch.tensor([[6]]))
+    torch.testing.assert_close(lfm(probe, conv.state), lfm(probe, state), atol=1e-4, rtol=1e-4)
