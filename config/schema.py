@@ -39,7 +39,7 @@ class AudioSettings:
     model_output_rate_hz: int = spec(24000, min=24000, max=24000)
     packet_ms: int = spec(20, min=10, max=60)
     jitter_buffer_ms: int = spec(60, min=0, max=1000)
-    output_latency_ms: int = spec(40, min=0, max=1000)
+    output_latency_ms: int = spec(60, min=0, max=1000)
 
 
 @dataclass(frozen=True)
@@ -48,15 +48,17 @@ class VadSettings:
     start_threshold: float = spec(0.5, min=0.0, max=1.0)
     stop_threshold: float = spec(0.35, min=0.0, max=1.0)
     start_ms: int = spec(64, min=0, max=2000)
-    stop_ms: int = spec(96, min=0, max=5000)
+    stop_ms: int = spec(160, min=0, max=5000)
 
 
 @dataclass(frozen=True)
 class TurnSettings:
     end_of_turn_silence_ms: int = spec(600, min=100, max=10000)
-    barge_in_min_speech_ms: int = spec(250, min=0, max=5000)
-    false_interruption_timeout_ms: int = spec(1500, min=0, max=10000)
+    barge_in_min_speech_ms: int = spec(300, min=20, max=5000)
+    false_interruption_timeout_ms: int = spec(1500, min=100, max=10000)
     max_turn_ms: int = spec(30000, min=1000, max=600000)
+    response_timeout_ms: int = spec(5000, min=500, max=60000)
+    speech_preroll_ms: int = spec(240, min=0, max=1000)
     echo_gate: bool = spec(True)
 
 
@@ -68,6 +70,7 @@ class ModelSettings:
     dtype: str = spec("auto", choices=("auto", "float32", "bfloat16", "float16"))
     input_mode: str = spec("chunked", choices=("chunked", "turn"))
     chunk_frames: int = spec(8, min=1, max=256)
+    chunk_left_context_frames: int = spec(16, min=0, max=1024)
     system_prompt: str = spec("Respond with interleaved text and audio.")
     instructions: str = spec("")
     greeting: str = spec("Hello, you are speaking with an AI assistant. How can I help?")

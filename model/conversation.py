@@ -32,7 +32,7 @@ import torch
 
 from model.backbone import BackboneState
 from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling
-from model.schedule import InterleavedSchedule, SequentialSchedule
+from model.schedule import TEXT_END, InterleavedSchedule, SequentialSchedule
 
 if TYPE_CHECKING:
     from model.checkpoint import LoadedModel
@@ -87,7 +87,7 @@ class GenJob:
     max_items: int
     start_position: int
     kind: Literal["reply", "greeting"] = "reply"
-    greeting_ids: list[int] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)  # text tokens to emit instead of sampling
     last_hidden: torch.Tensor | None = None  # decides the next item without a backbone call
     pending: torch.Tensor | None = None  # [hidden] embedding of the last item, not yet consumed
     items: list[tuple[Modality, int | None, torch.Tensor | None]] = field(default_factory=list)
@@ -95,6 +95,8 @@ class GenJob:
     audio_frames: int = 0  # decodable frames emitted (end-of-audio frames excluded)
     mimi_state: object | None = None
     done: bool = False
+    tag: int = 0
+    turn_position: int = 0  # state position before the assistant turn (its header) began
 
 
 class Conversation:
@@ -114,6 +116,7 @@ class Conversation:
         self.turn_encoded_frames = 0  # frames of turn_audio already encoded (chunked mode)
         self.user_turn_open = False
         self.job: GenJob | None = None
+        self.last_finished: GenJob | None = None  # completed reply that a late barge-in may still cut
         self.compactions = 0
         self.next_reply_id = 1
 
@@ -202,6 +205,7 @@ class Conversation:
     # -- caller input ---------------------------------------------------------------------------------
     def add_frame(self, frame: np.ndarray) -> None:
         if not self.user_turn_open:
+            self.last_finished = None
             self.user_turn_open = True
             self.turn_audio = []
             self.turn_encoded_frames = 0
@@ -247,70 +251,91 @@ class Conversation:
     def start_reply(self, n_text: int, n_audio: int, text_sampling: Sampling, audio_sampling: Sampling,
                     max_items: int) -> GenJob:
         self.close_user_turn()
+        self.last_finished = None
+        turn_position = self.state.save()
         hidden = self.append_segment("assistant", Segment("text", self.text_ids("<|im_start|>assistant\n")),
                                      new_turn=True)
         assert hidden is not None
         start = self.state.save()
         job = GenJob(self.next_reply_id, self.state, InterleavedSchedule(n_text, n_audio), text_sampling,
-                     audio_sampling, max_items, start, last_hidden=hidden)
+                     audio_sampling, max_items, start, last_hidden=hidden, turn_position=turn_position)
         self.next_reply_id += 1
         self.job = job
         return job
 
     def finish_reply(self, keep_audio_frames: int | None) -> tuple[list[int], int]:
-        """Close the current reply keeping what was heard (all if None); returns (text ids, frames)."""
+        """Close the current reply keeping what was heard (all if None); returns (text ids, frames).
+
+        A completed reply (None) stays cuttable by `truncate_finished` until the caller speaks again:
+        its audio may still be playing when the caller cuts in.
+        """
         job = self.job
         assert job is not None
         self.job = None
-        items = heard_items(job.items, keep_audio_frames)
-        if job.kind == "greeting":
-            return self._record_greeting(job, keep_audio_frames)
-        segments = _items_to_segments(items)
-        self.state.truncate(job.start_position)
-        turn = self.turns[-1]
-        for seg in segments:
-            turn.segments.append(seg)
-        if segments:
-            self.feed(torch.cat([self.embed_segment(s) for s in segments]))
-        self.turns[-1].segments.append(Segment("text", self.text_ids("<|im_end|>\n")))
-        self.feed(self.embed_segment(self.turns[-1].segments[-1]))
-        self.state.forget_saves_before(self.state.position)
+        consumed = self.state.position - job.start_position
+        if keep_audio_frames is None and consumed == len(job.items):
+            # every item is in the state already: only the end of the turn is missing
+            turn = self.turns[-1]
+            turn.segments.extend(_items_to_segments(job.items))
+            end = Segment("text", self.text_ids("<|im_end|>\n"))
+            turn.segments.append(end)
+            self.feed(self.embed_segment(end))
+            result = _reply_result(job.items)
+        else:
+            self.turns.pop()
+            self.state.truncate(job.turn_position)
+            result = self._write_assistant_turn(job, keep_audio_frames)
+        self.state.forget_saves_before(job.turn_position)
         self.state.save()
-        text_ids = [int(t) for kind, t, _ in items if kind == Modality.TEXT and t is not None]
-        return text_ids, sum(1 for item in items if is_decodable(item))
+        self.last_finished = job if keep_audio_frames is None else None
+        return result
 
-    # -- greetings (TTS on a side state, then written into the call's history) --------------------------
-    def start_greeting(self, text: str, text_sampling: Sampling, audio_sampling: Sampling,
-                       max_items: int) -> GenJob:
-        self.close_user_turn()
-        side = self.model.lfm.new_state(batch_size=1, kv_capacity=256)
-        prompt = ["<|startoftext|>", "<|im_start|>system\n", "Perform TTS.", "<|im_end|>\n",
-                  "<|im_start|>user\n", text, "<|im_end|>\n", "<|im_start|>assistant\n"]
-        ids = [i for piece in prompt for i in self.text_ids(piece)]
-        hidden = self.model.lfm(self.model.embed_text(torch.tensor([ids], device=self.device)), side)[0, -1]
-        job = GenJob(self.next_reply_id, side, SequentialSchedule(), text_sampling, audio_sampling, max_items,
-                     side.position, kind="greeting", greeting_ids=self.text_ids(text), last_hidden=hidden)
-        self.next_reply_id += 1
-        self.job = job
+    def truncate_finished(self, keep_audio_frames: int) -> tuple[list[int], int] | None:
+        """Cut the last, already completed reply to what the caller heard (a late barge-in).
+
+        None when there is nothing to cut: the caller has spoken since, or all of it was heard.
+        """
+        job = self.last_finished
+        self.last_finished = None
+        if job is None or not self.turns or self.turns[-1].role != "assistant":
+            return None
+        total = sum(1 for item in job.items if is_decodable(item))
+        if keep_audio_frames >= total:
+            return None
+        self.turns.pop()
+        self.state.truncate(job.turn_position)
+        result = self._write_assistant_turn(job, keep_audio_frames)
+        self.state.save()
+        return result
+
+    def _write_assistant_turn(self, job: GenJob, keep_audio_frames: int | None) -> tuple[list[int], int]:
+        """Append (and feed) the assistant turn of `job` as heard; the state is at job.turn_position."""
+        header = Segment("text", self.text_ids("<|im_start|>assistant\n"))
+        end = Segment("text", self.text_ids("<|im_end|>\n"))
+        items = heard_items(job.items, keep_audio_frames)
+        result = _reply_result(items)
+        segments = [header, *_items_to_segments(items), end]
+        self.turns.append(Turn("assistant", segments))
+        self.feed(torch.cat([self.embed_segment(seg) for seg in segments]))
+        return result
+
+    def start_greeting(self, text: str, n_text: int, n_audio: int, text_sampling: Sampling,
+                       audio_sampling: Sampling, max_frames: int) -> GenJob:
+        """The agent speaks `text` first: an interleaved reply whose text is forced to `text`.
+
+        The model generates the audio for the forced text (then `<|text_end|>`), and the turn ends
+        after its end-of-audio frame. The greeting is an ordinary assistant turn in the history.
+        """
+        ids = self.text_ids(text)
+        job = self.start_reply(n_text, n_audio, text_sampling, audio_sampling, len(ids) + 1 + max_frames)
+        job.kind = "greeting"
+        job.forced = [*ids, TEXT_END]
         return job
 
-    def _record_greeting(self, job: GenJob, keep_audio_frames: int | None) -> tuple[list[int], int]:
-        codes = [item[2] for item in job.items if is_decodable(item) and item[2] is not None]
-        total = len(codes)
-        frames = total if keep_audio_frames is None else min(keep_audio_frames, total)
-        ids = job.greeting_ids
-        heard_ids = ids if frames == total else ids[: (len(ids) * frames) // max(total, 1)]
-        segments: list[Segment] = [Segment("text", self.text_ids("<|im_start|>assistant\n"))]
-        if heard_ids:
-            segments.append(Segment("text", list(heard_ids)))
-        if frames:
-            segments.append(Segment("audio_out", codes=torch.stack(codes[:frames]).cpu()))
-        segments.append(Segment("text", self.text_ids("<|im_end|>\n")))
-        self.turns.append(Turn("assistant"))
-        for seg in segments:
-            self.append_segment("assistant", seg)
-        self.state.save()
-        return list(heard_ids), frames
+
+def _reply_result(items: list[tuple[Modality, int | None, torch.Tensor | None]]) -> tuple[list[int], int]:
+    text_ids = [int(t) for kind, t, _ in items if kind == Modality.TEXT and t is not None]
+    return text_ids, sum(1 for item in items if is_decodable(item))
 
 
 def is_decodable(item: tuple[Modality, int | None, torch.Tensor | None]) -> bool:

@@ -45,6 +45,7 @@ from model.batched import audio_frames, backbone_step
 from model.checkpoint import LoadedModel
 from model.conversation import Conversation, GenJob, InputSettings
 from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling, sample_from_logits
+from model.schedule import IM_END
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class AgentAudio:
     pcm: np.ndarray
     text: str
     codes: tuple[int, ...] = ()
+    tag: int = 0  # the caller's label for this reply (the session's turn epoch)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class ReplyFinished:
     frames: int  # audio frames kept in the history
     interrupted: bool
     generated_frames: int
+    tag: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class _Call:
     deferred_frames: list[np.ndarray] = field(default_factory=list)
     end_turn_requested: bool = False
     respond_requested: bool = False
+    respond_tag: int = 0
     reply_text: str = ""
     pending_interrupt: list[tuple[int, asyncio.Future[Any] | None, asyncio.AbstractEventLoop | None]] = \
         field(default_factory=list)
@@ -151,19 +155,30 @@ class CallConversation:
     def end_turn(self) -> None:
         self._engine._submit(_Cmd("end_turn", self.id))
 
-    def respond(self) -> None:
-        """Close the caller's turn (if open) and generate a reply; chunks arrive on `events`."""
-        self._engine._submit(_Cmd("respond", self.id))
+    def respond(self, tag: int = 0) -> None:
+        """Close the caller's turn (if open) and generate a reply; chunks arrive on `events`.
 
-    def greet(self, text: str) -> None:
+        `tag` is echoed in every event of this reply (the session passes its turn epoch).
+        """
+        self._engine._submit(_Cmd("respond", self.id, tag))
+
+    def greet(self, text: str, tag: int = 0) -> None:
         """Speak `text` first (TTS); it is written into the history as the agent's first turn."""
-        self._engine._submit(_Cmd("greet", self.id, text))
+        self._engine._submit(_Cmd("greet", self.id, (text, tag)))
 
-    async def interrupt(self, played_frames: int) -> ReplyFinished | None:
-        """Stop the reply within one step and keep exactly `played_frames` frames in the history."""
+    def request_interrupt(self, played_frames: int) -> asyncio.Future[ReplyFinished | None]:
+        """Submit an interrupt now (ordered before any later `feed`); the future gives its result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._engine._submit(_Cmd("interrupt", self.id, int(played_frames), fut))
-        result: ReplyFinished | None = await fut
+        return fut
+
+    async def interrupt(self, played_frames: int) -> ReplyFinished | None:
+        """Stop the reply within one step and keep exactly `played_frames` frames in the history.
+
+        Also cuts a reply that has finished generating but was still playing (a late barge-in), and
+        cancels a reply that was requested but not started yet. None when there was nothing to cut.
+        """
+        result: ReplyFinished | None = await self.request_interrupt(played_frames)
         return result
 
     def close(self) -> None:
@@ -317,13 +332,25 @@ class Engine:
         elif cmd.kind == "respond":
             call.end_turn_requested = True
             call.respond_requested = True
+            call.respond_tag = int(cmd.payload)
         elif cmd.kind == "greet":
             if conv.job is None:
-                self._guard([cmd.conv_id], lambda: self._start_greeting(call, cmd.payload))
+                text, tag = cmd.payload
+                self._guard([cmd.conv_id], lambda: self._start_greeting(call, text, tag))
         elif cmd.kind == "interrupt":
-            result = None
+            result: ReplyFinished | None = None
             if conv.job is not None:
                 result = self._finish(call, keep=cmd.payload)
+            elif call.respond_requested:  # asked for, not started: the caller spoke first
+                call.respond_requested = False
+            elif conv.last_finished is not None:
+                job = conv.last_finished
+                cut = conv.truncate_finished(cmd.payload)
+                if cut is not None:
+                    ids, frames = cut
+                    text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+                    result = ReplyFinished(job.reply_id, text, frames, True, job.audio_frames, job.tag)
+                    call.emit(result)
             if cmd.future is not None:
                 _resolve(cmd.future, result)
         elif cmd.kind == "close":
@@ -331,12 +358,17 @@ class Engine:
                 conv.job = None
             del self._calls[cmd.conv_id]
 
-    def _start_greeting(self, call: _Call, text: str) -> None:
+    def _start_greeting(self, call: _Call, text: str, tag: int) -> None:
         assert call.conv is not None
         s = self.settings
-        job = call.conv.start_greeting(text, s.text_sampling, s.audio_sampling, s.max_reply_items)
+        cfg = self.loaded.config
+        # about 15 characters per second of speech, with room to spare
+        max_frames = min(s.max_reply_items, int(12.5 * (len(text) / 15 * 1.5 + 2)))
+        job = call.conv.start_greeting(text, cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
+                                       s.audio_sampling, max_frames)
+        job.tag = tag
         job.mimi_state = self.loaded.mimi.new_decoder_state(1)
-        call.reply_text = text
+        call.reply_text = ""
 
     def _start_reply(self, call: _Call) -> None:
         assert call.conv is not None
@@ -345,6 +377,7 @@ class Engine:
         max_items = min(s.max_reply_items, s.reply_reserve_tokens - 2)
         job = call.conv.start_reply(cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
                                     s.audio_sampling, max_items)
+        job.tag = call.respond_tag
         job.mimi_state = self.loaded.mimi.new_decoder_state(1)
         call.reply_text = ""
 
@@ -355,7 +388,7 @@ class Engine:
         generated = job.audio_frames
         ids, frames = conv.finish_reply(keep)
         text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        event = ReplyFinished(job.reply_id, text, frames, keep is not None, generated)
+        event = ReplyFinished(job.reply_id, text, frames, keep is not None, generated, job.tag)
         call.emit(event)
         return event
 
@@ -420,13 +453,17 @@ class Engine:
             hidden = torch.stack([j.last_hidden for _, j in text_jobs if j.last_hidden is not None])
             logits = model.lfm.text_logits(hidden)
             for b, (c, j) in enumerate(text_jobs):
-                token = sample_from_logits(logits[b], j.text_sampling)
+                if j.forced:
+                    token = j.forced.pop(0)
+                elif j.kind == "greeting" and j.schedule.text_done:
+                    token = IM_END  # the greeting's audio has ended: so has its turn
+                else:
+                    token = sample_from_logits(logits[b], j.text_sampling)
                 j.last_hidden = None
                 if j.schedule.after_text(token):
                     j.items.append((Modality.TEXT, token, None))
                     j.text_ids.append(token)
-                    if j.kind == "reply":
-                        c.reply_text = self.loaded.tokenizer.decode(j.text_ids, skip_special_tokens=True)
+                    c.reply_text = self.loaded.tokenizer.decode(j.text_ids, skip_special_tokens=True)
                 if j.schedule.finished:
                     j.done = True
                 else:
@@ -446,7 +483,7 @@ class Engine:
                 if not eoa:
                     pcm = self.loaded.mimi.decode_step(frame.view(1, -1, 1), j.mimi_state)
                     c.emit(AgentAudio(j.reply_id, j.audio_frames, pcm.reshape(-1).float().cpu().numpy(),
-                                      c.reply_text, tuple(int(x) for x in frame.tolist())))
+                                      c.reply_text, tuple(int(x) for x in frame.tolist()), j.tag))
                     j.audio_frames += 1
         for c, j in jobs:
             if j.done:

@@ -124,3 +124,41 @@ def test_interrupt_state_equals_fresh_prefill_of_heard_history(loaded: LoadedMod
         assert hidden_fresh.shape == ours.shape
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("kind", ["reply", "greeting"])
+def test_late_barge_in_cuts_a_completed_reply_to_what_was_heard(loaded: LoadedModel, wave: np.ndarray,
+                                                                kind: str) -> None:
+    """Generation finished before playout did; the caller cuts in while it is still playing."""
+    played = 3
+
+    async def run() -> tuple[Engine, list[AgentAudio], object, ReplyFinished | None]:
+        engine = Engine(loaded, EngineSettings(input_mode="turn", max_reply_items=40))
+        engine.start()
+        conv = engine.open()
+        if kind == "greeting":
+            conv.greet("Hello, you are talking to an automated assistant.")
+        else:
+            feed_all(conv, wave)
+            conv.respond()
+        frames, done = await collect(conv)
+        result = await conv.interrupt(played)
+        again = await conv.interrupt(played)  # nothing left to cut
+        assert again is None
+        return engine, frames, done, result
+
+    engine, frames, done, result = asyncio.run(run())
+    try:
+        assert isinstance(done, ReplyFinished) and not done.interrupted and done.frames > played
+        assert result is not None and result.interrupted and result.frames == played
+        conv = next(c.conv for c in engine._calls.values() if c.conv is not None)
+        kept = [tuple(int(x) for x in row) for t in conv.turns for s in t.segments if s.kind == "audio_out"
+                and s.codes is not None for row in s.codes]
+        assert kept == [f.codes for f in frames[:played]]
+        assert conv.turns[-1].role == "assistant" and conv.state.position == conv.history_positions
+        _, fresh = fresh_prefill_hidden(loaded, conv)
+        probe = loaded.model.embed_text(torch.tensor([[6]]))
+        torch.testing.assert_close(loaded.model.lfm(probe, conv.state), loaded.model.lfm(probe, fresh),
+                                   atol=1e-4, rtol=1e-4)
+    finally:
+        engine.stop()

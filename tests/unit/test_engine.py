@@ -194,7 +194,9 @@ def test_greeting_is_spoken_and_kept_in_history(loaded: LoadedModel) -> None:
 
     frames, done, engine = asyncio.run(run())
     try:
-        assert isinstance(done, ReplyFinished) and done.frames == len(frames)
+        assert isinstance(done, ReplyFinished) and done.frames == len(frames) > 0
+        assert done.text == "Hello, this is an automated assistant."  # the forced text, spoken
+        assert done.text.startswith(frames[-1].text)
         conv = next(c.conv for c in engine._calls.values())
         assert conv is not None and conv.turns[-1].role == "assistant"
         assert conv.state.position == conv.history_positions

@@ -1,0 +1,324 @@
+"""Who has the floor: a pure state machine over VAD events, playout facts and explicit time.
+
+Theory of operation
+-------------------
+Inputs (all with ``now_ms``, integer ms from call start, never decreasing):
+
+- VAD events from ``VadTracker`` (``VadSpeechStarted/Paused/Resumed/Stopped``; their ``at_ms`` is when
+  speech really began or paused). Feed the tracker the *echo-gated* caller audio (``EchoGate``), so
+  that the agent's own voice coming back down the line never looks like caller speech.
+- Playout facts: ``agent_audio_started(now)``, ``agent_audio_finished(now, interrupted)`` (or hand the
+  ``AgentAudioStarted``/``AgentAudioFinished`` events to ``handle``).
+- ``tick(now)``: call it after each frame (every 80 ms or 20 ms); deadlines are checked there and at
+  the end of every other call.
+
+Caller speech is measured as *voiced* time: the sum of the intervals between (re)start and pause, so
+that the VAD's stop hangover does not inflate a cough or an "uh-huh". A turn's silence is measured
+from the last pause (``VadSpeechPaused.at_ms``), so end of turn comes exactly
+``end_of_turn_silence_ms`` after the caller stopped, whatever the VAD's confirmation delay.
+
+States and transitions (S = settings; "speech" = VadSpeechStarted, or VadSpeechResumed):
+
+=====================  ===========================================  =======================  ==============================================
+state                  input / condition                            next state               events emitted
+=====================  ===========================================  =======================  ==============================================
+LISTENING              speech                                       CALLER_SPEAKING          SpeechStarted
+LISTENING              agent_audio_started (greeting)               AGENT_SPEAKING           AgentStartedSpeaking
+CALLER_SPEAKING        pause, then silence >= S.end_of_turn_sil.    AGENT_THINKING           EndOfTurn(reason=SILENCE)
+CALLER_SPEAKING        speech again before that (a 400 ms pause)    CALLER_SPEAKING          none: the turn goes on
+CALLER_SPEAKING        turn length >= S.max_turn_ms                 AGENT_THINKING           EndOfTurn(reason=MAX_TURN); the running
+                                                                                             talkspurt is ignored until it stops
+CALLER_SPEAKING        agent_audio_started (agent talks over)       INTERRUPTION_PENDING     AgentStartedSpeaking, InterruptionSuspected
+                                                                                             (+ BargeIn at once if the caller already spoke
+                                                                                             S.barge_in_min_speech_ms)
+AGENT_THINKING         agent_audio_started                          AGENT_SPEAKING           AgentStartedSpeaking
+AGENT_THINKING         speech                                       INTERRUPTION_PENDING     InterruptionSuspected
+AGENT_THINKING         no audio for S.response_timeout_ms           LISTENING                ResponseTimedOut
+AGENT_THINKING         agent_response_empty                         LISTENING                none
+AGENT_SPEAKING         speech                                       INTERRUPTION_PENDING     InterruptionSuspected: the session holds
+                                                                                             the agent's audio (kept) until decided
+AGENT_SPEAKING         agent_audio_finished                         LISTENING                AgentFinishedSpeaking
+INTERRUPTION_PENDING   voiced >= S.barge_in_min_speech_ms           CALLER_SPEAKING          BargeIn, SpeechStarted (the turn starts at the
+                                                                                             interrupting speech's start)
+INTERRUPTION_PENDING   VAD stopped with less voiced (backchannel,   AGENT_SPEAKING or        FalseInterruption (the session resumes the
+                                                                                             held audio)
+                       cough), or S.false_interruption_timeout_ms   AGENT_THINKING
+                       passed without reaching it
+INTERRUPTION_PENDING   agent_audio_finished (agent done anyway)     CALLER_SPEAKING          AgentFinishedSpeaking, SpeechStarted
+any (agent audio on)   agent_audio_finished                         (as above)               AgentFinishedSpeaking(interrupted)
+=====================  ===========================================  =======================  ==============================================
+
+Why the agent never gets stuck: a barge-in turns the interrupting speech into an ordinary caller turn,
+which ends in EndOfTurn (by silence, or by ``max_turn_ms``), so the agent answers again; a false
+interruption returns to the agent's state without touching its audio; a response that never produces
+audio times out back to LISTENING.
+
+The session's side (see ``agent.playout.BargeInCoordinator``): on EndOfTurn start a response in a new
+epoch; on BargeIn bump the epoch, clear the Playout and truncate the engine to what was played.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from agent.events import (
+    AgentAudioFinished,
+    AgentAudioStarted,
+    AgentFinishedSpeaking,
+    AgentStartedSpeaking,
+    BargeIn,
+    EndOfTurn,
+    EndOfTurnReason,
+    FalseInterruption,
+    InterruptionSuspected,
+    PlayoutEvent,
+    ResponseTimedOut,
+    SpeechStarted,
+    TurnEvent,
+    VadEvent,
+    VadSpeechPaused,
+    VadSpeechResumed,
+    VadSpeechStarted,
+    VadSpeechStopped,
+)
+
+
+class TurnState(enum.Enum):
+    LISTENING = "listening"
+    CALLER_SPEAKING = "caller_speaking"
+    AGENT_THINKING = "agent_thinking"
+    AGENT_SPEAKING = "agent_speaking"
+    INTERRUPTION_PENDING = "interruption_pending"
+
+
+@dataclass(frozen=True)
+class TurnTakingSettings:
+    end_of_turn_silence_ms: int = 600
+    barge_in_min_speech_ms: int = 300
+    false_interruption_timeout_ms: int = 1500
+    max_turn_ms: int = 30_000
+    response_timeout_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
+                     "max_turn_ms", "response_timeout_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TurnTakingSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.false_interruption_timeout_ms <= self.barge_in_min_speech_ms:
+            raise ValueError(
+                f"false_interruption_timeout_ms ({self.false_interruption_timeout_ms}) must exceed "
+                f"barge_in_min_speech_ms ({self.barge_in_min_speech_ms})"
+            )
+
+
+class TurnTaking:
+    """Feed VAD events, playout facts and ticks; each call returns the turn events it caused, in order."""
+
+    def __init__(self, settings: TurnTakingSettings | None = None) -> None:
+        self.settings = settings or TurnTakingSettings()
+        self.state = TurnState.LISTENING
+        self.agent_audio_playing = False
+        self._now_ms: int | None = None
+        self._talkspurt = False  # the VAD is between Started and Stopped
+        self._ignore_talkspurt = False  # after a MAX_TURN end or an interruption timeout
+        # The speech being measured (a caller turn, or a pending interruption):
+        self._speech_start_ms = 0
+        self._closed_voiced_ms = 0
+        self._segment_start_ms: int | None = None  # voiced right now since then, or None when paused
+        self._silence_since_ms: int | None = None
+        self._end_of_turn_ms = 0
+
+    # --- inputs ---------------------------------------------------------------------------------
+
+    def handle(self, event: VadEvent | PlayoutEvent, now_ms: int) -> list[TurnEvent]:
+        """Dispatch one VAD or playout event (``now_ms`` is when it is being handled)."""
+        if isinstance(event, VadSpeechStarted):
+            return self.speech_started(event.at_ms, now_ms)
+        if isinstance(event, VadSpeechResumed):
+            return self.speech_resumed(event.at_ms, now_ms)
+        if isinstance(event, VadSpeechPaused):
+            return self.speech_paused(event.at_ms, now_ms)
+        if isinstance(event, VadSpeechStopped):
+            return self.speech_stopped(event.at_ms, now_ms)
+        if isinstance(event, AgentAudioStarted):
+            return self.agent_audio_started(now_ms)
+        if isinstance(event, AgentAudioFinished):
+            return self.agent_audio_finished(now_ms, interrupted=event.interrupted)
+        raise TypeError(f"TurnTaking cannot handle {type(event).__name__}")
+
+    def speech_started(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        self._talkspurt = True
+        self._ignore_talkspurt = False
+        return self._voice_on(at_ms, now_ms)
+
+    def speech_resumed(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        if self._ignore_talkspurt:
+            return self._evaluate(now_ms)
+        return self._voice_on(at_ms, now_ms)
+
+    def speech_paused(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        if self.state in (TurnState.CALLER_SPEAKING, TurnState.INTERRUPTION_PENDING) and not self._ignore_talkspurt:
+            self._close_segment(at_ms)
+        return self._evaluate(now_ms)
+
+    def speech_stopped(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        ignored = self._ignore_talkspurt
+        self._talkspurt = False
+        self._ignore_talkspurt = False
+        if ignored or self.state not in (TurnState.CALLER_SPEAKING, TurnState.INTERRUPTION_PENDING):
+            return self._evaluate(now_ms)
+        self._close_segment(at_ms)
+        if self.state is TurnState.INTERRUPTION_PENDING:
+            voiced_ms = self._voiced_ms(now_ms)
+            if voiced_ms >= self.settings.barge_in_min_speech_ms:
+                return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
+            return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
+        return self._evaluate(now_ms)
+
+    def agent_audio_started(self, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        if self.agent_audio_playing:
+            return self._evaluate(now_ms)
+        self.agent_audio_playing = True
+        events: list[TurnEvent] = [AgentStartedSpeaking(at_ms=now_ms)]
+        if self.state in (TurnState.LISTENING, TurnState.AGENT_THINKING):
+            self.state = TurnState.AGENT_SPEAKING
+        elif self.state is TurnState.CALLER_SPEAKING:
+            # The agent talks over a caller turn in progress: the caller keeps the floor if they spoke enough.
+            self.state = TurnState.INTERRUPTION_PENDING
+            events.append(InterruptionSuspected(at_ms=now_ms, speech_started_ms=self._speech_start_ms))
+        return events + self._evaluate(now_ms)
+
+    def agent_audio_finished(self, now_ms: int, *, interrupted: bool = False) -> list[TurnEvent]:
+        self._advance(now_ms)
+        if not self.agent_audio_playing:
+            return self._evaluate(now_ms)
+        self.agent_audio_playing = False
+        events: list[TurnEvent] = [AgentFinishedSpeaking(at_ms=now_ms, interrupted=interrupted)]
+        if self.state is TurnState.AGENT_SPEAKING:
+            self.state = TurnState.LISTENING
+        elif self.state is TurnState.INTERRUPTION_PENDING:
+            # The agent is done anyway: what the caller is saying is now simply their turn.
+            self.state = TurnState.CALLER_SPEAKING
+            events.append(SpeechStarted(at_ms=self._speech_start_ms))
+        return events + self._evaluate(now_ms)
+
+    def agent_response_empty(self, now_ms: int) -> list[TurnEvent]:
+        """The engine answered without any audio: stop waiting for it."""
+        self._advance(now_ms)
+        if self.state is TurnState.AGENT_THINKING:
+            self.state = TurnState.LISTENING
+        return self._evaluate(now_ms)
+
+    def tick(self, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        return self._evaluate(now_ms)
+
+    def next_deadline_ms(self) -> int | None:
+        """The next time at which ``tick`` could emit something without new input (None: no timer)."""
+        s = self.settings
+        if self.state is TurnState.CALLER_SPEAKING:
+            turn_end = self._speech_start_ms + s.max_turn_ms
+            if self._silence_since_ms is not None:
+                return min(turn_end, self._silence_since_ms + s.end_of_turn_silence_ms)
+            return turn_end
+        if self.state is TurnState.AGENT_THINKING:
+            return self._end_of_turn_ms + s.response_timeout_ms
+        if self.state is TurnState.INTERRUPTION_PENDING:
+            timeout = self._speech_start_ms + s.false_interruption_timeout_ms
+            if self._segment_start_ms is not None:
+                missing = s.barge_in_min_speech_ms - self._closed_voiced_ms
+                return min(timeout, self._segment_start_ms + missing)
+            return timeout
+        return None
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _advance(self, now_ms: int) -> None:
+        if self._now_ms is not None and now_ms < self._now_ms:
+            raise ValueError(f"time went backwards: now_ms={now_ms} after {self._now_ms}")
+        self._now_ms = now_ms
+
+    def _begin_speech(self, at_ms: int) -> None:
+        self._speech_start_ms = at_ms
+        self._closed_voiced_ms = 0
+        self._segment_start_ms = at_ms
+        self._silence_since_ms = None
+
+    def _voice_on(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
+        events: list[TurnEvent] = []
+        if self.state is TurnState.LISTENING:
+            self._begin_speech(at_ms)
+            self.state = TurnState.CALLER_SPEAKING
+            events.append(SpeechStarted(at_ms=at_ms))
+        elif self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
+            self._begin_speech(at_ms)
+            self.state = TurnState.INTERRUPTION_PENDING
+            events.append(InterruptionSuspected(at_ms=now_ms, speech_started_ms=at_ms))
+        elif self._segment_start_ms is None:  # CALLER_SPEAKING or INTERRUPTION_PENDING, after a pause
+            self._segment_start_ms = max(at_ms, self._silence_since_ms or at_ms)
+            self._silence_since_ms = None
+        return events + self._evaluate(now_ms)
+
+    def _close_segment(self, at_ms: int) -> None:
+        if self._segment_start_ms is None:
+            return
+        self._closed_voiced_ms += max(0, at_ms - self._segment_start_ms)
+        self._segment_start_ms = None
+        self._silence_since_ms = at_ms
+
+    def _voiced_ms(self, now_ms: int) -> int:
+        running = 0 if self._segment_start_ms is None else max(0, now_ms - self._segment_start_ms)
+        return self._closed_voiced_ms + running
+
+    def _agent_state(self) -> TurnState:
+        return TurnState.AGENT_SPEAKING if self.agent_audio_playing else TurnState.AGENT_THINKING
+
+    def _barge_in(self, now_ms: int, voiced_ms: int) -> list[TurnEvent]:
+        self.state = TurnState.CALLER_SPEAKING
+        return [
+            BargeIn(at_ms=now_ms, speech_started_ms=self._speech_start_ms, voiced_ms=voiced_ms,
+                    agent_was_speaking=self.agent_audio_playing),
+            SpeechStarted(at_ms=self._speech_start_ms),
+        ]
+
+    def _false_interruption(self, now_ms: int, voiced_ms: int) -> FalseInterruption:
+        self.state = self._agent_state()
+        return FalseInterruption(at_ms=now_ms, speech_started_ms=self._speech_start_ms, voiced_ms=voiced_ms)
+
+    def _evaluate(self, now_ms: int) -> list[TurnEvent]:
+        s = self.settings
+        if self.state is TurnState.INTERRUPTION_PENDING:
+            voiced_ms = self._voiced_ms(now_ms)
+            if voiced_ms >= s.barge_in_min_speech_ms:
+                return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
+            if now_ms - self._speech_start_ms >= s.false_interruption_timeout_ms:
+                self._ignore_talkspurt = self._talkspurt
+                return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
+            return []
+        if self.state is TurnState.CALLER_SPEAKING:
+            silence_since = self._silence_since_ms
+            if silence_since is not None and now_ms - silence_since >= s.end_of_turn_silence_ms:
+                return [self._end_turn(now_ms, silence_since, EndOfTurnReason.SILENCE)]
+            if now_ms - self._speech_start_ms >= s.max_turn_ms:
+                self._ignore_talkspurt = self._talkspurt
+                return [self._end_turn(now_ms, silence_since or now_ms, EndOfTurnReason.MAX_TURN)]
+            return []
+        if self.state is TurnState.AGENT_THINKING and now_ms - self._end_of_turn_ms >= s.response_timeout_ms:
+            self.state = TurnState.LISTENING
+            return [ResponseTimedOut(at_ms=now_ms, end_of_turn_ms=self._end_of_turn_ms)]
+        return []
+
+    def _end_turn(self, now_ms: int, speech_ended_ms: int, reason: EndOfTurnReason) -> EndOfTurn:
+        voiced_ms = self._voiced_ms(speech_ended_ms if reason is EndOfTurnReason.SILENCE else now_ms)
+        self.state = self._agent_state()
+        self._end_of_turn_ms = now_ms
+        self._segment_start_ms = None
+        self._silence_since_ms = None
+        return EndOfTurn(at_ms=now_ms, speech_started_ms=self._speech_start_ms, speech_ended_ms=speech_ended_ms,
+                         voiced_ms=voiced_ms, reason=reason)
