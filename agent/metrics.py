@@ -1,0 +1,61 @@
+"""Prometheus metrics of one agent process (a registry per process, so tests get their own).
+
+Served at `/metrics`. Every transport counts its bad input here (`bad_input_total{kind=...}`),
+so malformed SIP, RTP, SDP or HTTP is visible to operators, not only in logs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from agent.session import CallSummary
+
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+STEP_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls_active = Gauge("lfmcall_calls_active", "Calls in progress", ["transport"], registry=r)
+        self.calls_total = Counter("lfmcall_calls_total", "Calls ended, by transport and result",
+                                   ["transport", "result"], registry=r)
+        self.calls_refused = Counter("lfmcall_calls_refused_total", "Calls refused, by reason",
+                                     ["transport", "reason"], registry=r)
+        self.response_latency = Histogram("lfmcall_response_latency_seconds",
+                                          "Caller's end of speech to the agent's first audio leaving",
+                                          buckets=LATENCY_BUCKETS_S, registry=r)
+        self.barge_in_stop = Histogram("lfmcall_barge_in_stop_seconds",
+                                       "Caller speech onset to the agent's audio stopping (barge-in)",
+                                       buckets=LATENCY_BUCKETS_S, registry=r)
+        self.engine_step = Histogram("lfmcall_engine_step_seconds", "One batched generation step",
+                                     buckets=STEP_BUCKETS_S, registry=r)
+        self.dropped_frames = Counter("lfmcall_dropped_frames_total", "Audio frames dropped, by where",
+                                      ["where"], registry=r)
+        self.bad_input = Counter("lfmcall_bad_input_total", "Malformed input answered or dropped, by kind",
+                                 ["kind"], registry=r)
+        self.engine_errors = Counter("lfmcall_engine_errors_total", "Engine errors reported to calls",
+                                     registry=r)
+        self._step_seen = 0
+
+    def observe_call(self, summary: CallSummary, transport: str) -> None:
+        self.calls_total.labels(transport, "failed" if summary.error else "completed").inc()
+        for turn in summary.turns:
+            latency = turn.response_latency_ms
+            if latency is not None:
+                self.response_latency.observe(latency / 1000)
+        for b in summary.barge_ins:
+            self.barge_in_stop.observe(max(0, b.stopped_ms - b.speech_started_ms) / 1000)
+        if summary.engine_errors:
+            self.engine_errors.inc(summary.engine_errors)
+
+    def observe_engine_steps(self, step_seconds: list[float]) -> None:
+        """Record the engine's step times not yet recorded (call before rendering)."""
+        new = step_seconds[self._step_seen :] if self._step_seen <= len(step_seconds) else step_seconds
+        for s in new:
+            self.engine_step.observe(s)
+        self._step_seen = len(step_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
