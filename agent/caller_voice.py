@@ -3,7 +3,7 @@
 Speech is synthesised by ``espeak-ng`` (a subprocess with a bounded timeout, text on stdin so it can
 never be read as an option), resampled to the requested rate and scaled so that its active speech
 level is ``NOMINAL_SPEECH_LEVEL_DBFS + volume_db``. Results are cached on disk, keyed by every
-argument and the espeak-ng version, under ``$LFMCALL_CACHE_DIR/caller_voice`` (default
+argument and the espeak-ng version, under ``$LFM_CALL_CACHE/caller_voice`` (default
 ``~/.cache/lfm-call/caller_voice``).
 
 DTMF tones are the ITU-T Q.23 frequency pairs, each tone at -10 dBFS peak, with 5 ms raised-cosine
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -45,9 +44,9 @@ class CallerVoiceError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("LFMCALL_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "lfm-call"
-    return base / "caller_voice"
+    from agent.model_choice import cache_dir
+
+    return cache_dir() / "caller_voice"
 
 
 def active_level_dbfs(samples: Int16Array, sample_rate: int) -> float:
@@ -136,6 +135,23 @@ def _synthesise(binary: str, text: str, voice: str, rate_wpm: int) -> tuple[Int1
         return read_wav(out)
 
 
+def trim_silence(samples: Int16Array, sample_rate: int, floor_dbfs: float = -55.0, keep_ms: int = 20) -> Int16Array:
+    """Cut espeak-ng's leading and trailing silence (keeping ``keep_ms``), so that a scenario's timing
+    (``after_silence_ms: 1000``) is the real gap between the caller's words."""
+    block = sample_rate // 100  # 10 ms
+    n = samples.size // block
+    if n == 0:
+        return samples
+    energy = (samples[: n * block].astype(np.float64).reshape(n, block) ** 2).mean(axis=1)
+    loud = np.nonzero(energy > (32768.0 ** 2) * 10 ** (floor_dbfs / 10))[0]
+    if loud.size == 0:
+        return samples
+    keep = sample_rate * keep_ms // 1000
+    start = max(0, int(loud[0]) * block - keep)
+    end = min(samples.size, (int(loud[-1]) + 1) * block + keep)
+    return samples[start:end].copy()
+
+
 def render_say(text: str, voice: str = "en-us", rate_wpm: int = 160, volume_db: float = 0.0,
                sample_rate: int = 16000, cache_dir: Path | None = None) -> Int16Array:
     """Speak ``text`` with espeak-ng: mono int16 at ``sample_rate``, active level -26 dBFS + volume_db."""
@@ -143,7 +159,7 @@ def render_say(text: str, voice: str = "en-us", rate_wpm: int = 160, volume_db: 
         raise ValueError("render_say needs non-empty text")
     binary = espeak_binary()
     check_voice(voice)
-    key_src = "\0".join([_espeak_version(binary), text, voice, str(rate_wpm), f"{volume_db:.3f}", str(sample_rate)])
+    key_src = "\0".join(["trimmed", _espeak_version(binary), text, voice, str(rate_wpm), f"{volume_db:.3f}", str(sample_rate)])
     key = hashlib.sha256(key_src.encode("utf-8")).hexdigest()[:32]
     cache = (cache_dir if cache_dir is not None else default_cache_dir()) / f"{key}.wav"
     if cache.is_file():
@@ -155,7 +171,7 @@ def render_say(text: str, voice: str = "en-us", rate_wpm: int = 160, volume_db: 
             pass  # a damaged cache entry is rendered again
     raw, raw_rate = _synthesise(binary, text, voice, rate_wpm)
     audio = np.asarray(resample_offline(raw, raw_rate, sample_rate), dtype=np.int16)
-    audio = scale_to_level(audio, sample_rate, NOMINAL_SPEECH_LEVEL_DBFS + volume_db)
+    audio = trim_silence(scale_to_level(audio, sample_rate, NOMINAL_SPEECH_LEVEL_DBFS + volume_db), sample_rate)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_wav(cache, audio, sample_rate)

@@ -9,6 +9,7 @@ constructors.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,18 +58,61 @@ def _model_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _settings(args)
-    raise NotBuiltError("`serve` is not built yet (WebRTC server and SIP gateway come with their issues)")
+    import asyncio
+
+    from agent.server import serve
+
+    settings = _settings(args)
+    try:
+        code: int = asyncio.run(serve(settings))
+    except OSError as exc:  # e.g. the HTTP or SIP port is taken
+        raise CliError(f"cannot serve: {exc}") from None
+    return code
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    _settings(args)
-    raise NotBuiltError("`simulate` is not built yet (scripted call simulation comes with the agent issue)")
+    from agent.sim_command import run_simulate
+
+    code: int = run_simulate(_settings(args), list(args.scenarios), args.transport, args.concurrency,
+                             Path(args.out))
+    return code
 
 
 def cmd_dial(args: argparse.Namespace) -> int:
-    _settings(args)
-    raise NotBuiltError("`dial` is not built yet (outbound SIP calls come with the SIP gateway issue)")
+    import asyncio
+
+    from agent.calls import CallRefused
+    from agent.metrics import Metrics
+    from agent.runtime import build_runtime
+    from sip_bridge.gateway import SipGateway
+
+    settings = _settings(args)
+    if not str(args.uri).startswith(("sip:", "sips:")):
+        raise CliError(f"dial needs a SIP URI like sip:user@host:port, got {args.uri!r}")
+
+    async def dial() -> int:
+        runtime = build_runtime(settings)
+        gateway = SipGateway(runtime.calls, settings.sip, Metrics())
+        try:
+            await gateway.start()
+            try:
+                call_id = await gateway.dial(args.uri)
+            except (CallRefused, ValueError) as exc:
+                raise CliError(f"cannot dial {args.uri}: {exc}") from None
+            print(f"dialing {args.uri} (Call-ID {call_id}) from {gateway.local_address[0]}:"
+                  f"{gateway.local_address[1]}", file=sys.stderr)
+            summary = await gateway.wait_ended(call_id)
+            if summary is None:
+                print(f"the call to {args.uri} was not answered", file=sys.stderr)
+                return EXIT_FAILED
+            print(f"call ended ({summary.ended_by or summary.error}) after {summary.duration_ms / 1000:.1f} s, "
+                  f"{len(summary.turns)} agent turns, dtmf {summary.dtmf!r}", file=sys.stderr)
+            return EXIT_FAILED if summary.error else EXIT_OK
+        finally:
+            await gateway.stop()
+            runtime.close()
+
+    return asyncio.run(dial())
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -96,7 +140,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     from agent.commands import run_make_tiny
 
     _settings(args)
-    code: int = run_make_tiny(Path(args.dir), args.seed)
+    code: int = run_make_tiny(Path(args.dir), args.seed, args.long_replies)
     return code
 
 
@@ -155,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", cmd_simulate, "run scripted call simulations and write a report")
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO.yaml")
     p.add_argument("--transport", default="inproc", choices=["inproc", "webrtc", "sip"])
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=4, help="calls at once (default 4)")
     p.add_argument("--out", default="runs/latest", metavar="DIR")
     _add_model(p)
     p = add("dial", cmd_dial, "place an outbound SIP call to a URI and talk to the callee")
@@ -173,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
             "write a tiny random checkpoint in the official layout (tests, offline demo)")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--long-replies", action="store_true",
+                   help="demo variant: replies never end by themselves (they last the configured cap)")
     p = add("smoke", cmd_smoke,
             "offline smoke run: agent reply to a spoken question through the G.711 line path")
     p.add_argument("--out", default="runs/smoke", metavar="DIR")
@@ -184,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # numpy's BLAS runs on the event loop's thread (echo gate, resampling): one thread, so that it
+    # never spins against the engine's worker for the same cores (stalls of hundreds of ms seen)
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -53,14 +53,18 @@ def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice
     return loaded, choice
 
 
-def engine_settings(settings: ModelSettings) -> EngineSettings:
+def engine_settings(settings: ModelSettings, tiny: bool = False) -> EngineSettings:
     from model.engine import EngineSettings
     from model.lfm2_audio import Sampling
 
     def sampling(temperature: float, top_k: int) -> Sampling:
         return Sampling(temperature if temperature > 0 else None, top_k if top_k > 0 else None)
 
+    reply_ms = settings.tiny_max_reply_ms if tiny else settings.max_reply_ms
+    frames = reply_ms // 80
     return EngineSettings(
+        max_reply_items=frames + frames // 2 + 8,  # interleaved: 6 text tokens per 12 frames
+        reply_reserve_tokens=max(1024, frames + frames // 2 + 64),
         input_mode=settings.input_mode,
         chunk_frames=settings.chunk_frames,
         left_context_frames=settings.chunk_left_context_frames,
@@ -70,6 +74,11 @@ def engine_settings(settings: ModelSettings) -> EngineSettings:
         text_sampling=sampling(settings.text_temperature, settings.text_top_k),
         audio_sampling=sampling(settings.audio_temperature, settings.audio_top_k),
     )
+
+
+def choice_is_tiny(loaded: LoadedModel) -> bool:
+    """The offline tiny model (or any checkpoint far too small to be the real one)."""
+    return loaded.config.lfm.hidden_size < 256
 
 
 def _read_16k(path: Path) -> np.ndarray:
@@ -109,10 +118,10 @@ def run_tts(settings: Settings, text: str, output: Path, voice: str | None) -> i
     return 0
 
 
-def run_make_tiny(directory: Path, seed: int) -> int:
+def run_make_tiny(directory: Path, seed: int, long_replies: bool = False) -> int:
     from model.tiny import make_tiny_checkpoint
 
-    path = make_tiny_checkpoint(directory, seed=seed)
+    path = make_tiny_checkpoint(directory, seed=seed, long_replies=long_replies)
     _say(f"make-tiny-checkpoint: wrote {path}")
     return 0
 
@@ -136,7 +145,7 @@ async def _smoke_call(loaded: LoadedModel, settings: Settings, caller_8k: np.nda
     from agent.g711 import ulaw_decode, ulaw_encode
     from model.engine import AgentAudio, Engine, EngineError, ReplyFinished
 
-    engine = Engine(loaded, engine_settings(settings.model))
+    engine = Engine(loaded, engine_settings(settings.model, choice_is_tiny(loaded)))
     engine.start()
     try:
         conv = engine.open()

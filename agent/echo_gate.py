@@ -57,7 +57,8 @@ class EchoGateSettings:
     estimate_window_ms: int = 1000
     min_reference_ms: int = 160  # reference activity in the window needed for an estimate
     taps_each_side: int = 16
-    reestimate_interval_ms: int = 480
+    reestimate_interval_ms: int = 1000
+    converge_interval_ms: int = 100  # attempts while looking for the first path
     accept_erle_db: float = 10.0
     replace_tolerance_db: float = 3.0
     echo_margin_db: float = 8.0
@@ -245,13 +246,14 @@ class EchoGate:
         if self._first_reference_ms is None:
             return
         converging = self.path is None and now_ms - self._first_reference_ms < s.convergence_grace_ms + 500
+        interval = s.converge_interval_ms if converging else s.reestimate_interval_ms
         last = self._last_estimate_ms
-        if not converging and last is not None and now_ms - last < s.reestimate_interval_ms:
+        if last is not None and now_ms - last < interval:
             return
+        self._last_estimate_ms = now_ms  # attempts are rate-limited whether or not they succeed
         candidate = self._estimate(now_ms)
         if candidate is None:
             return
-        self._last_estimate_ms = now_ms
         self.estimates_tried += 1
         if candidate.erle_db < s.accept_erle_db:
             return

@@ -175,6 +175,27 @@ class ResponseTimedOut:
 
 
 @dataclass(frozen=True)
+class EndOfTurnPredicted:
+    """The caller has been silent for ``early_response_silence_ms``: start the answer now, hold its audio.
+
+    Either ``EndOfTurn`` follows (play the held answer at once) or ``TurnContinued`` (the caller only
+    paused: withdraw the answer, the turn goes on).
+    """
+
+    at_ms: int
+    speech_started_ms: int
+    speech_ended_ms: int
+
+
+@dataclass(frozen=True)
+class TurnContinued:
+    """The caller spoke again after ``EndOfTurnPredicted`` and before ``EndOfTurn``: a pause, not an end."""
+
+    at_ms: int
+    resumed_ms: int
+
+
+@dataclass(frozen=True)
 class InterruptionSuspected:
     """The caller started speaking over the agent; hold its audio until it is a BargeIn or not.
 
@@ -188,6 +209,8 @@ class InterruptionSuspected:
 
 TurnEvent = (
     SpeechStarted
+    | EndOfTurnPredicted
+    | TurnContinued
     | EndOfTurn
     | BargeIn
     | InterruptionSuspected

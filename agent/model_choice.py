@@ -29,8 +29,12 @@ class ModelChoice:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("LFMCALL_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "lfm-call" if base else Path.home() / ".cache" / "lfm-call"
+    """$LFM_CALL_CACHE, else $XDG_CACHE_HOME/lfm-call, else ~/.cache/lfm-call."""
+    explicit = os.environ.get("LFM_CALL_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "lfm-call" if xdg else Path.home() / ".cache" / "lfm-call"
 
 
 def _local_snapshot(repo_id: str) -> Path | None:
@@ -58,11 +62,11 @@ def choose_model(settings: ModelSettings) -> ModelChoice:
     if settings.offline_fallback != "tiny":
         hint = f"huggingface-cli download {ref}" if looks_like_repo else "check the path"
         raise ModelChoiceError(f"model {ref!r} is not available on this machine ({hint})")
-    tiny = cache_dir() / f"tiny-seed{TINY_SEED}"
+    tiny = cache_dir() / f"tiny-demo-seed{TINY_SEED}"
     if not (tiny / "config.json").is_file():
         from model.tiny import make_tiny_checkpoint
 
-        make_tiny_checkpoint(tiny, seed=TINY_SEED)
+        make_tiny_checkpoint(tiny, seed=TINY_SEED, long_replies=True)
     return ModelChoice(
         tiny,
         f"OFFLINE TINY MODEL (random weights, words are noise) at {tiny}; {ref} is not on this "

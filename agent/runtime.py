@@ -6,12 +6,15 @@ constructor; `Runtime.close()` stops the engine's worker.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from agent.calls import CallManager
-from agent.commands import engine_settings, load_for_settings
+from agent.commands import choice_is_tiny, engine_settings, load_for_settings
 from agent.model_choice import ModelChoice
 from agent.session import SessionOptions
 from agent.vad import EnergyVad, SileroVad, VoiceDetector
@@ -38,8 +41,19 @@ def detector_factory(settings: Settings) -> Callable[[], VoiceDetector]:
     """One VAD per call: Silero (its model loaded once, forked per call) or the energy detector."""
     if settings.vad.backend == "energy":
         return EnergyVad
-    shared = SileroVad.load(num_threads=None)
-    return shared.fork
+    # one intra-op thread: the VAD runs on the event loop's thread beside the engine's worker, and
+    # two OpenMP pools spinning on the same cores stall the event loop for hundreds of ms
+    shared = SileroVad.load(num_threads=1)
+
+    def make() -> VoiceDetector:
+        detector = shared.fork()
+        silence = np.zeros(detector.chunk_samples, np.float32)
+        for _ in range(3):  # the TorchScript model optimises itself on its first calls: not mid-call
+            detector.speech_probability(silence)
+        detector.reset()
+        return detector
+
+    return make
 
 
 def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice: ModelChoice | None = None,
@@ -47,9 +61,17 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     """Load the model (unless given), start the engine and make the call manager (needs a running loop)."""
     from model.engine import Engine
 
+    # The engine's worker thread holds the GIL for its Python work between tensor ops; with the
+    # default 5 ms switch interval every GIL hand-back to the event loop (each numpy call in the
+    # audio path) can wait that long, stalling calls by hundreds of ms. 0.5 ms keeps the loop live.
+    sys.setswitchinterval(0.0005)
     if loaded is None or choice is None:
         loaded, choice = load_for_settings(settings.model)
-    engine = Engine(loaded, engine_settings(settings.model))
+    tiny = choice_is_tiny(loaded)
+    if tiny:
+        print(f"model: tiny model: replies capped at {settings.model.tiny_max_reply_ms} ms "
+              "(model.tiny_max_reply_ms)", file=sys.stderr)
+    engine = Engine(loaded, engine_settings(settings.model, tiny))
     engine.start()
     manager = CallManager(engine, SessionOptions.from_settings(settings), detector_factory(settings),
                           settings.server.max_calls)

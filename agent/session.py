@@ -44,10 +44,12 @@ from agent.events import (
     AgentStartedSpeaking,
     BargeIn,
     EndOfTurn,
+    EndOfTurnPredicted,
     FalseInterruption,
     InterruptionSuspected,
     ResponseTimedOut,
     SpeechStarted,
+    TurnContinued,
     TurnEvent,
     VadEvent,
 )
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 PACKET_MS = 20
 FRAME_SAMPLES_16K = 1280
 PREROLL_KEEP_MS = 3000
+MAX_AUDIO_LAG_MS = 400
 
 
 @dataclass
@@ -113,6 +116,7 @@ class CallSummary:
     ended_by: str = ""
     error: str | None = None
     engine_errors: int = 0
+    withdrawn_answers: int = 0  # answers started early, withdrawn because the caller only paused
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class SessionOptions:
                 false_interruption_timeout_ms=t.false_interruption_timeout_ms,
                 max_turn_ms=t.max_turn_ms,
                 response_timeout_ms=t.response_timeout_ms,
+                early_response_silence_ms=t.early_response_silence_ms,
             ),
             vad=TrackerSettings(start_threshold=v.start_threshold, stop_threshold=v.stop_threshold,
                                 start_ms=v.start_ms, stop_ms=v.stop_ms),
@@ -172,6 +177,10 @@ class CallSession:
         self._out_samples = 0  # agent audio sent, in 16 kHz samples (reference timeline)
         self._out_24k = 0  # agent audio sent, in 24 kHz samples
         self._held_since: int | None = None
+        self._audio_offset: int | None = None  # audio time minus wall time, least delayed packet
+        self._tt_last = 0
+        self._early: TurnMetrics | None = None  # answer started on EndOfTurnPredicted, held
+        self._pause_frames: list[Int16Array] = []  # caller audio since then (fed if the turn goes on)
         self._recent: deque[tuple[int, Int16Array]] = deque()  # (16 kHz start sample, samples)
         self._feeding = False
         self._feed_buf = np.zeros(0, np.int16)
@@ -246,28 +255,43 @@ class CallSession:
         heard: Int16Array | np.ndarray = pcm
         if self.gate is not None:
             heard = self.gate.process(pcm, start_ms).cleaned
-        offset = end_ms - now  # audio time minus wall time
+        offset = end_ms - now  # audio time minus wall time; the largest seen is the least delayed
+        self._audio_offset = offset if self._audio_offset is None else max(self._audio_offset, offset)
+        tt = self._turn_time(now)
         for vad_event in self.vad.feed(heard, start_ms):
-            self._track_vad(vad_event, offset)
-            wall = dataclasses.replace(vad_event, at_ms=max(0, min(now, vad_event.at_ms - offset)))
-            self._act(self.turns.handle(wall, now), now)
-        self._act(self.turns.tick(now), now)
+            self._track_vad(vad_event)
+            at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
+            self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
+        self._act(self.turns.tick(tt), now)
         if self._feeding:
             self._feed(pcm)
+        elif self._early is not None:
+            self._pause_frames.append(pcm)
 
-    def _track_vad(self, vad_event: VadEvent, offset: int) -> None:
+    def _turn_time(self, now: int) -> int:
+        """TurnTaking's clock: the caller audio processed so far (on the wall timeline), so that a
+        stalled event loop cannot turn a backlog of unprocessed silence into "speech still going";
+        it never lags the wall clock by more than MAX_AUDIO_LAG_MS (a transport that stops sending
+        in silence, e.g. Opus DTX, must not stop time)."""
+        audio_now = now if self._audio_offset is None else \
+            self._in_samples * 1000 // MODEL_INPUT_RATE - self._audio_offset
+        t = max(audio_now, now - MAX_AUDIO_LAG_MS, self._tt_last)
+        self._tt_last = t
+        return t
+
+    def _track_vad(self, vad_event: VadEvent) -> None:
         name = type(vad_event).__name__
-        at = vad_event.at_ms - offset
+        at = vad_event.at_ms - (self._audio_offset or 0)
         if name == "VadSpeechStarted":
             self._vad_start = at
         elif name == "VadSpeechStopped" and self._vad_start is not None:
             self.summary.vad_segments.append((self._vad_start, at))
             self._vad_start = None
 
-    def _start_feeding(self, from_wall_ms: int, now: int) -> None:
-        """Feed the engine from `speech_preroll_ms` before `from_wall_ms` on."""
-        offset_samples = (self._in_samples * 1000 // MODEL_INPUT_RATE - now) * MODEL_INPUT_RATE // 1000
-        first = (from_wall_ms - self.options.speech_preroll_ms) * MODEL_INPUT_RATE // 1000 + offset_samples
+    def _start_feeding(self, from_ms: int) -> None:
+        """Feed the engine from `speech_preroll_ms` before `from_ms` (turn time) on."""
+        audio_ms = from_ms + (self._audio_offset or 0) - self.options.speech_preroll_ms
+        first = audio_ms * MODEL_INPUT_RATE // 1000
         parts = []
         for start, pcm in self._recent:
             end = start + pcm.size
@@ -291,17 +315,29 @@ class CallSession:
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 if not self._feeding:
-                    self._start_feeding(ev.at_ms, now)
+                    self._start_feeding(ev.at_ms)
                 event(log, "turn.speech_started", at_ms=ev.at_ms)
+            elif isinstance(ev, EndOfTurnPredicted):
+                # start the answer now, hold its audio until the end of turn is confirmed
+                self._feeding = False
+                self._pause_frames = []
+                self._early = self._start_answer(ev.speech_ended_ms, None)
+                self.playout.hold()
+                event(log, "turn.end_predicted", at_ms=ev.at_ms, epoch=self._early.epoch)
+            elif isinstance(ev, TurnContinued):
+                self._withdraw_early_answer(now)
             elif isinstance(ev, EndOfTurn):
                 self._feeding = False
-                epoch = self.coordinator.begin_response()
-                metrics = TurnMetrics(epoch, ev.speech_ended_ms, ev.at_ms)
-                self._turn_by_epoch[epoch] = metrics
-                self.summary.turns.append(metrics)
+                if self._early is not None:
+                    metrics = self._early
+                    self._early = None
+                    self._pause_frames = []
+                    self.playout.resume()
+                else:
+                    metrics = self._start_answer(ev.speech_ended_ms, ev.at_ms)
+                metrics.end_of_turn_ms = ev.at_ms
                 self.summary.end_of_turns.append(ev.at_ms)
-                self.conv.respond(tag=epoch)
-                event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=epoch,
+                event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=metrics.epoch,
                       reason=ev.reason.value)
             elif isinstance(ev, InterruptionSuspected):
                 self.playout.hold()
@@ -320,11 +356,39 @@ class CallSession:
                 event(log, "turn.agent_" + ("started" if isinstance(ev, AgentStartedSpeaking) else "finished"),
                       at_ms=ev.at_ms)
 
+    def _start_answer(self, speech_ended_ms: int, end_of_turn_ms: int | None) -> TurnMetrics:
+        epoch = self.coordinator.begin_response()
+        metrics = TurnMetrics(epoch, speech_ended_ms, end_of_turn_ms)
+        self._turn_by_epoch[epoch] = metrics
+        self.summary.turns.append(metrics)
+        self.conv.respond(tag=epoch)
+        return metrics
+
+    def _withdraw_early_answer(self, now: int) -> None:
+        """The caller only paused: drop the held answer, reopen the turn, feed the pause and go on."""
+        early = self._early
+        if early is None:
+            return
+        self._early = None
+        self.conv.retract()
+        self.coordinator.barge_in(now)  # new epoch: the held audio and late chunks are dropped
+        self.summary.turns.remove(early)
+        self.summary.withdrawn_answers += 1
+        self._feeding = True
+        self._feed_buf = np.zeros(0, np.int16)
+        for pcm in self._pause_frames:
+            self._feed(pcm)
+        self._pause_frames = []
+        event(log, "turn.continued", withdrawn_epoch=early.epoch)
+
     def _barge_in(self, ev: BargeIn, now: int) -> None:
         held_at = self._held_since if self.playout.held and self._held_since is not None else now
         self._held_since = None
         interruption = self.coordinator.barge_in(now)
         cleared = interruption.cleared
+        flush = getattr(self.transport, "flush", None)  # drop agent audio queued in the transport too
+        if callable(flush):
+            flush()
         metrics = BargeInMetrics(ev.speech_started_ms, now, held_at, cleared.played_frames)
         self.summary.barge_ins.append(metrics)
         turn = self._turn_by_epoch.get(cleared.epoch)
@@ -360,12 +424,14 @@ class CallSession:
                 if not ev.interrupted:
                     self.playout.mark_end(ev.tag)
                     if ev.frames == 0:
-                        self._act(self.turns.agent_response_empty(self.now_ms()), self.now_ms())
+                        now = self.now_ms()
+                        self._act(self.turns.agent_response_empty(self._turn_time(now)), now)
             elif isinstance(ev, EngineError):
                 self.summary.engine_errors += 1
                 event(log, "engine.error", logging.ERROR, message=ev.message)
                 self.playout.mark_end(self.coordinator.epoch)
-                self._act(self.turns.agent_response_empty(self.now_ms()), self.now_ms())
+                now = self.now_ms()
+                self._act(self.turns.agent_response_empty(self._turn_time(now)), now)
 
     # -- outbound ---------------------------------------------------------------------------------------------
     async def _outbound(self) -> None:
@@ -385,9 +451,10 @@ class CallSession:
                     self._send(p.samples, now, p.epoch)
             else:
                 self._send(self._silence_24k, now, None)
+            tt = self._turn_time(now)
             for pe in out.events:
-                self._act(self.turns.handle(pe, now), now)
-            self._act(self.turns.tick(now), now)
+                self._act(self.turns.handle(pe, tt), now)
+            self._act(self.turns.tick(tt), now)
 
     def _send(self, samples_24k: Int16Array, now: int, epoch: int | None) -> None:
         chunk = PcmFrame(samples_24k, MODEL_OUTPUT_RATE, self._out_24k)

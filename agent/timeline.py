@@ -49,7 +49,8 @@ def _draw_lanes(ax: Axes, call: CallRecord, end_s: float) -> None:
     _bars(ax, lane["agent"], _segments(call.agent_segments), LANE_COLORS["agent"])
     for t in call.turns:
         if t.agent_start_ms is not None and t.text_heard:
-            label = t.text_heard if len(t.text_heard) <= 28 else t.text_heard[:27] + "…"
+            heard = "".join(ch if ch.isprintable() and ord(ch) < 0x2500 else "·" for ch in t.text_heard)
+            label = heard if len(heard) <= 28 else heard[:27] + "…"
             ax.text(t.agent_start_ms / 1000.0, lane["agent"] + 0.42, label, fontsize=7, va="bottom", clip_on=True)
     _bars(ax, lane["VAD"], _segments(call.vad_segments), LANE_COLORS["VAD"])
     dtmf = _segments(call.dtmf_segments) or [(u.start_ms, u.end_ms) for u in call.caller_utterances

@@ -24,6 +24,8 @@ state                  input / condition                            next state  
 =====================  ===========================================  =======================  ==============================================
 LISTENING              speech                                       CALLER_SPEAKING          SpeechStarted
 LISTENING              agent_audio_started (greeting)               AGENT_SPEAKING           AgentStartedSpeaking
+CALLER_SPEAKING        pause, silence >= S.early_response_sil.      CALLER_SPEAKING          EndOfTurnPredicted (answer starts, held)
+CALLER_SPEAKING        speech again after EndOfTurnPredicted        CALLER_SPEAKING          TurnContinued (held answer withdrawn)
 CALLER_SPEAKING        pause, then silence >= S.end_of_turn_sil.    AGENT_THINKING           EndOfTurn(reason=SILENCE)
 CALLER_SPEAKING        speech again before that (a 400 ms pause)    CALLER_SPEAKING          none: the turn goes on
 CALLER_SPEAKING        turn length >= S.max_turn_ms                 AGENT_THINKING           EndOfTurn(reason=MAX_TURN); the running
@@ -69,12 +71,14 @@ from agent.events import (
     AgentStartedSpeaking,
     BargeIn,
     EndOfTurn,
+    EndOfTurnPredicted,
     EndOfTurnReason,
     FalseInterruption,
     InterruptionSuspected,
     PlayoutEvent,
     ResponseTimedOut,
     SpeechStarted,
+    TurnContinued,
     TurnEvent,
     VadEvent,
     VadSpeechPaused,
@@ -99,12 +103,18 @@ class TurnTakingSettings:
     false_interruption_timeout_ms: int = 1500
     max_turn_ms: int = 30_000
     response_timeout_ms: int = 5_000
+    early_response_silence_ms: int = 0  # 0: off; else EndOfTurnPredicted after this much silence
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
                      "max_turn_ms", "response_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TurnTakingSettings.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.early_response_silence_ms < self.end_of_turn_silence_ms:
+            raise ValueError(
+                f"early_response_silence_ms ({self.early_response_silence_ms}) must be >= 0 and below "
+                f"end_of_turn_silence_ms ({self.end_of_turn_silence_ms})"
+            )
         if self.false_interruption_timeout_ms <= self.barge_in_min_speech_ms:
             raise ValueError(
                 f"false_interruption_timeout_ms ({self.false_interruption_timeout_ms}) must exceed "
@@ -128,6 +138,7 @@ class TurnTaking:
         self._segment_start_ms: int | None = None  # voiced right now since then, or None when paused
         self._silence_since_ms: int | None = None
         self._end_of_turn_ms = 0
+        self._predicted = False  # EndOfTurnPredicted was sent for the current silence
 
     # --- inputs ---------------------------------------------------------------------------------
 
@@ -225,7 +236,10 @@ class TurnTaking:
         if self.state is TurnState.CALLER_SPEAKING:
             turn_end = self._speech_start_ms + s.max_turn_ms
             if self._silence_since_ms is not None:
-                return min(turn_end, self._silence_since_ms + s.end_of_turn_silence_ms)
+                end = self._silence_since_ms + s.end_of_turn_silence_ms
+                if s.early_response_silence_ms and not self._predicted:
+                    end = self._silence_since_ms + s.early_response_silence_ms
+                return min(turn_end, end)
             return turn_end
         if self.state is TurnState.AGENT_THINKING:
             return self._end_of_turn_ms + s.response_timeout_ms
@@ -263,6 +277,9 @@ class TurnTaking:
         elif self._segment_start_ms is None:  # CALLER_SPEAKING or INTERRUPTION_PENDING, after a pause
             self._segment_start_ms = max(at_ms, self._silence_since_ms or at_ms)
             self._silence_since_ms = None
+            if self._predicted:
+                self._predicted = False
+                events.append(TurnContinued(at_ms=now_ms, resumed_ms=self._segment_start_ms))
         return events + self._evaluate(now_ms)
 
     def _close_segment(self, at_ms: int) -> None:
@@ -305,6 +322,11 @@ class TurnTaking:
             silence_since = self._silence_since_ms
             if silence_since is not None and now_ms - silence_since >= s.end_of_turn_silence_ms:
                 return [self._end_turn(now_ms, silence_since, EndOfTurnReason.SILENCE)]
+            if (silence_since is not None and s.early_response_silence_ms and not self._predicted
+                    and now_ms - silence_since >= s.early_response_silence_ms):
+                self._predicted = True
+                return [EndOfTurnPredicted(at_ms=now_ms, speech_started_ms=self._speech_start_ms,
+                                           speech_ended_ms=silence_since)]
             if now_ms - self._speech_start_ms >= s.max_turn_ms:
                 self._ignore_talkspurt = self._talkspurt
                 return [self._end_turn(now_ms, silence_since or now_ms, EndOfTurnReason.MAX_TURN)]
@@ -315,6 +337,7 @@ class TurnTaking:
         return []
 
     def _end_turn(self, now_ms: int, speech_ended_ms: int, reason: EndOfTurnReason) -> EndOfTurn:
+        self._predicted = False
         voiced_ms = self._voiced_ms(speech_ended_ms if reason is EndOfTurnReason.SILENCE else now_ms)
         self.state = self._agent_state()
         self._end_of_turn_ms = now_ms

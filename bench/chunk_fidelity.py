@@ -45,6 +45,7 @@ from model.parity import read_wav
 
 SETTINGS = ((4, 8), (8, 16), (8, 32), (16, 32), (16, 64), (8, 100000))
 QUICK_SETTINGS = ((8, 16),)
+LOOKAHEAD_SETTINGS = ((8, 16, 0), (8, 16, 1), (8, 16, 2), (8, 16, 4), (16, 32, 2))  # chunk, left, right
 UTTERANCES = ((1.0, 6), (2.5, 0), (4.0, 1), (7.0, 2), (10.0, 3))  # (seconds, sentence seed)
 LATENCY_UTTERANCE_S = 10.0
 NOISE_DBFS = -70.0  # white noise added for the calibration row (speech is at about -26 dBFS)
@@ -79,6 +80,33 @@ def chunked_embeddings(loaded: LoadedModel, clip: SpeechClip, chunk_frames: int,
             conv.encode_chunk(final=False)
     conv.close_user_turn()
     rows = [seg.embeds for seg in conv.turns[-1].segments if seg.kind == "audio_in" and seg.embeds is not None]
+    return torch.cat(rows).float()
+
+
+@torch.no_grad()
+def lookahead_embeddings(loaded: LoadedModel, clip: SpeechClip, chunk_frames: int, left_context_frames: int,
+                         right_context_frames: int) -> torch.Tensor:
+    """The chunked window rule with `right_context_frames` of lookahead (encoded once they have arrived).
+
+    With no lookahead this is exactly ``Conversation.encode_chunk``'s rule; with lookahead a chunk
+    waits for that many more frames while the caller speaks, but not at end of turn (the tail is
+    encoded with whatever is there).
+    """
+    conv = _conversation(loaded, InputSettings("turn"))
+    total = len(clip.frames)
+    rows = []
+    start = 0
+    while True:
+        full = start + chunk_frames + right_context_frames <= total
+        ctx_start = max(0, start - left_context_frames)
+        stop = start + chunk_frames + right_context_frames if full else total
+        embeds = conv.encode_waveform(clip.samples[ctx_start * FRAME_SAMPLES : stop * FRAME_SAMPLES])
+        skip = start - ctx_start
+        if not full:  # end of turn: the tail, with the extra embedding of the last mel frame
+            rows.append(embeds[skip:])
+            break
+        rows.append(embeds[skip : skip + chunk_frames])
+        start += chunk_frames
     return torch.cat(rows).float()
 
 
@@ -180,6 +208,15 @@ async def run(loaded: LoadedModel, quick: bool, reply_items: int, repeats: int) 
           f"({long_clip.seconds:g} s utterance, fed at once and prefilled)\n")
     print(format_table(["chunk frames", "left context frames", "mean cos", "min cos", "worst utterance",
                         "same reply as turn", "first differing frame", "first audio ms", "vs turn"], rows))
+    print("\n## lookahead: chunks encoded with right context (window rule reproduced here, not in the engine)\n")
+    look_rows: list[list[object]] = []
+    for chunk, left, right in LOOKAHEAD_SETTINGS[:2] if quick else LOOKAHEAD_SETTINGS:
+        sims = [cosines(ref, lookahead_embeddings(loaded, clip, chunk, left, right))
+                for (_, clip), ref in zip(clips, reference, strict=True)]
+        every = np.concatenate(sims)
+        look_rows.append([chunk, left, right, right * 80, float(every.mean()), float(every.min())])
+    print(format_table(["chunk frames", "left context frames", "right context frames", "added delay while speaking ms",
+                        "mean cos", "min cos"], look_rows))
     print("\n## cosine similarity per utterance\n")
     print(format_table(["chunk frames", "left context frames", "utterance", "mean cos", "min cos"], per_clip))
 

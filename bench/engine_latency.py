@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -195,11 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-items", type=int, default=54,
                         help="cap on reply items (6 text + 12 audio per 18 items)")
     parser.add_argument("--sections", default="abcd", help="which tables to print (letters a-d)")
+    parser.add_argument("--utterances", default=None, help="utterance lengths for table a, e.g. 1,4,10")
+    parser.add_argument("--calls", default=None, help="call counts for table c, e.g. 1,4,8,16,32")
     args = parser.parse_args(argv)
     if args.quick:
         plan = Plan(1, (1.0,), QUICK_BATCH_SIZES, min(args.reply_items, 24))
     else:
         plan = Plan(args.repeats, UTTERANCES_S, BATCH_SIZES, args.reply_items)
+    if args.utterances:
+        plan = dataclasses.replace(plan, utterances_s=tuple(float(x) for x in args.utterances.split(",")))
+    if args.calls:
+        plan = dataclasses.replace(plan, batch_sizes=tuple(int(x) for x in args.calls.split(",")))
     started = time.perf_counter()
     loaded, label = load_for_bench(args)
     compiled = apply_compile(loaded) if args.compile else []

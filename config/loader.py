@@ -206,6 +206,16 @@ def _check_cross_field(s: Settings, sources: str) -> None:
             f"{sources}: sip.rtp_port_min ({s.sip.rtp_port_min}) must not exceed "
             f"sip.rtp_port_max ({s.sip.rtp_port_max})"
         )
+    if s.turn.early_response_silence_ms >= s.turn.end_of_turn_silence_ms:
+        raise ConfigError(
+            f"{sources}: turn.early_response_silence_ms ({s.turn.early_response_silence_ms}) must be below "
+            f"turn.end_of_turn_silence_ms ({s.turn.end_of_turn_silence_ms})"
+        )
+    if s.turn.false_interruption_timeout_ms <= s.turn.barge_in_min_speech_ms:
+        raise ConfigError(
+            f"{sources}: turn.false_interruption_timeout_ms ({s.turn.false_interruption_timeout_ms}) must "
+            f"exceed turn.barge_in_min_speech_ms ({s.turn.barge_in_min_speech_ms})"
+        )
     if s.vad.stop_threshold > s.vad.start_threshold:
         raise ConfigError(
             f"{sources}: vad.stop_threshold ({s.vad.stop_threshold}) must not exceed "

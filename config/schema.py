@@ -53,8 +53,9 @@ class VadSettings:
 
 @dataclass(frozen=True)
 class TurnSettings:
-    end_of_turn_silence_ms: int = spec(600, min=100, max=10000)
-    barge_in_min_speech_ms: int = spec(300, min=20, max=5000)
+    end_of_turn_silence_ms: int = spec(1200, min=100, max=10000)
+    early_response_silence_ms: int = spec(300, min=0, max=10000)
+    barge_in_min_speech_ms: int = spec(600, min=20, max=5000)
     false_interruption_timeout_ms: int = spec(1500, min=100, max=10000)
     max_turn_ms: int = spec(30000, min=1000, max=600000)
     response_timeout_ms: int = spec(5000, min=500, max=60000)
@@ -75,6 +76,8 @@ class ModelSettings:
     instructions: str = spec("")
     greeting: str = spec("Hello, you are speaking with an AI assistant. How can I help?")
     max_context_tokens: int = spec(32768, min=512, max=32768)
+    max_reply_ms: int = spec(60000, min=1000, max=600000)
+    tiny_max_reply_ms: int = spec(4000, min=1000, max=600000)
     text_temperature: float = spec(0.0, min=0.0, max=5.0)
     text_top_k: int = spec(0, min=0, max=65536)
     audio_temperature: float = spec(0.0, min=0.0, max=5.0)

@@ -117,6 +117,8 @@ class Conversation:
         self.user_turn_open = False
         self.job: GenJob | None = None
         self.last_finished: GenJob | None = None  # completed reply that a late barge-in may still cut
+        # (state position, segment count, encoded frames, audio) of the last user turn before it closed
+        self.reopen: tuple[int, int, int, list[np.ndarray]] | None = None
         self.compactions = 0
         self.next_reply_id = 1
 
@@ -206,6 +208,7 @@ class Conversation:
     def add_frame(self, frame: np.ndarray) -> None:
         if not self.user_turn_open:
             self.last_finished = None
+            self.reopen = None
             self.user_turn_open = True
             self.turn_audio = []
             self.turn_encoded_frames = 0
@@ -237,6 +240,9 @@ class Conversation:
         """End of the caller's turn: encode what is left, close the turn."""
         if not self.user_turn_open:
             return
+        # what `retract_reply` needs to reopen this turn (the caller only paused)
+        self.reopen = (self.state.save(), len(self.turns[-1].segments), self.turn_encoded_frames,
+                       list(self.turn_audio))
         if self.input.mode == "chunked":
             self.encode_chunk(final=True)
         elif self.turn_audio:
@@ -285,10 +291,31 @@ class Conversation:
             self.turns.pop()
             self.state.truncate(job.turn_position)
             result = self._write_assistant_turn(job, keep_audio_frames)
-        self.state.forget_saves_before(job.turn_position)
+        self.state.forget_saves_before(job.turn_position if self.reopen is None else self.reopen[0])
         self.state.save()
         self.last_finished = job if keep_audio_frames is None else None
         return result
+
+    def retract_reply(self) -> bool:
+        """Withdraw the reply to the last caller turn and reopen that turn (the caller only paused).
+
+        Only while nothing else happened since: the reply is being generated, or completed and
+        still the last turn. The state returns to the turn's last position before it was closed.
+        """
+        job = self.job or self.last_finished
+        if job is None or job.kind != "reply" or self.reopen is None or len(self.turns) < 2 \
+                or self.turns[-1].role != "assistant" or self.turns[-2].role != "user":
+            return False
+        position, segments, encoded, audio = self.reopen
+        self.job = self.last_finished = None
+        self.reopen = None
+        self.turns.pop()
+        del self.turns[-1].segments[segments:]
+        self.state.truncate(position)
+        self.user_turn_open = True
+        self.turn_audio = audio
+        self.turn_encoded_frames = encoded
+        return True
 
     def truncate_finished(self, keep_audio_frames: int) -> tuple[list[int], int] | None:
         """Cut the last, already completed reply to what the caller heard (a late barge-in).

@@ -172,6 +172,14 @@ class CallConversation:
         self._engine._submit(_Cmd("interrupt", self.id, int(played_frames), fut))
         return fut
 
+    def retract(self) -> None:
+        """Withdraw the reply to the caller's last turn and reopen that turn (the caller only paused).
+
+        A ReplyFinished(interrupted, frames=0) follows if a reply was withdrawn; audio fed next
+        continues the same caller turn.
+        """
+        self._engine._submit(_Cmd("retract", self.id))
+
     async def interrupt(self, played_frames: int) -> ReplyFinished | None:
         """Stop the reply within one step and keep exactly `played_frames` frames in the history.
 
@@ -353,6 +361,13 @@ class Engine:
                     call.emit(result)
             if cmd.future is not None:
                 _resolve(cmd.future, result)
+        elif cmd.kind == "retract":
+            if call.respond_requested and conv.job is None:  # not started: the turn is still open
+                call.respond_requested = call.end_turn_requested = False
+            else:
+                job = conv.job or conv.last_finished
+                if job is not None and conv.retract_reply():
+                    call.emit(ReplyFinished(job.reply_id, "", 0, True, job.audio_frames, job.tag))
         elif cmd.kind == "close":
             if conv.job is not None:
                 conv.job = None
@@ -363,7 +378,7 @@ class Engine:
         s = self.settings
         cfg = self.loaded.config
         # about 15 characters per second of speech, with room to spare
-        max_frames = min(s.max_reply_items, int(12.5 * (len(text) / 15 * 1.5 + 2)))
+        max_frames = min(s.max_reply_items, int(12.5 * (len(text) / 14 * 1.2 + 1)))
         job = call.conv.start_greeting(text, cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
                                        s.audio_sampling, max_frames)
         job.tag = tag
@@ -481,7 +496,10 @@ class Engine:
                 j.items.append((Modality.AUDIO_OUT, None, frame.cpu()))
                 j.pending = model.embed_audio_frames(frame)
                 if not eoa:
-                    pcm = self.loaded.mimi.decode_step(frame.view(1, -1, 1), j.mimi_state)
+                    # codebooks 1-7 may also predict 2048 (the official rule only checks codebook 0);
+                    # Mimi has no such code: decode the nearest real one, keep the raw frame in history
+                    decodable = frame.clamp(max=END_OF_AUDIO - 1)
+                    pcm = self.loaded.mimi.decode_step(decodable.view(1, -1, 1), j.mimi_state)
                     c.emit(AgentAudio(j.reply_id, j.audio_frames, pcm.reshape(-1).float().cpu().numpy(),
                                       c.reply_text, tuple(int(x) for x in frame.tolist()), j.tag))
                     j.audio_frames += 1

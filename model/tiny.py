@@ -219,8 +219,13 @@ def _calibrate_tts(model: LFM2AudioModel, tokenizer: TextTokenizer, mel: MelFron
     model.depth_embeddings[0].embedding.weight[END_OF_AUDIO].add_(normed * (gap / float(normed.pow(2).sum())))
 
 
-def make_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random checkpoint (official layout) into ``out_dir``; returns ``out_dir``."""
+def make_tiny_checkpoint(out_dir: Path, seed: int = 0, long_replies: bool = False) -> Path:
+    """Write a tiny random checkpoint (official layout) into ``out_dir``; returns ``out_dir``.
+
+    ``long_replies``: the offline demo variant, whose replies never end by themselves (``<|im_end|>``
+    and the end-of-audio code never win), so that they last exactly the configured cap
+    (``model.tiny_max_reply_ms``) and scripted simulations are deterministic.
+    """
     from model.mimi import Mimi, randomize_for_tiny, save_mimi, tiny_mimi_config
 
     out_dir = Path(out_dir)
@@ -237,7 +242,11 @@ def make_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
         mimi = Mimi(tiny_mimi_config())
     _randomize(model, gen, tokenizer.vocab_size)
     _calibrate_tts(model, tokenizer, MelFrontend(config.preprocessor))
-    if not _calibrate_end(model, tokenizer, MelFrontend(config.preprocessor)):
+    if long_replies:
+        with torch.no_grad():  # a zero row scores 0; some other row of a random model always beats it
+            model.lfm.embed_tokens.weight[IM_END_ID].zero_()
+            model.depth_embeddings[0].embedding.weight[END_OF_AUDIO].zero_()
+    elif not _calibrate_end(model, tokenizer, MelFrontend(config.preprocessor)):
         log.warning("tiny checkpoint (seed %d): probe chat does not end within %d steps", seed, PROBE_MAX_NEW_TOKENS)
     (out_dir / "config.json").write_text(json.dumps(raw, indent=2))
     tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict(keep_vars=False).items()}

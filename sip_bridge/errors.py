@@ -51,3 +51,7 @@ class DigestError(SipBridgeError, ValueError):
 
 class SipStateError(SipBridgeError, RuntimeError):
     """A command was given to the user agent in a state where it makes no sense."""
+
+
+class RtpError(SipBridgeError, ValueError):
+    """An RTP packet or RFC 4733 event payload is malformed (RFC 3550 §5.1); it is dropped."""

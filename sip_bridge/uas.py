@@ -130,6 +130,7 @@ class UasSide(UaCore):
             self.respond(txn, 482, now)  # merged request (§8.2.2.2)
             return
         if self._refusing():
+            self.stats["invites_refused"] += 1
             self.respond(txn, 503, now, extra_headers=[("Retry-After", "5")])
             return
         offer = extract_sdp(request.content_type, request.headers.get("Content-Type"), request.body)
@@ -239,6 +240,7 @@ class UasSide(UaCore):
             self.respond(txn, 481, now)
             return
         self.respond(txn, 200, now)  # §9.2: the CANCEL itself succeeds
+        self._outbox.extend(txn.datagrams_to_send())  # on the wire before the INVITE's 487
         call = self.calls.get(invite_txn.request.call_id)
         if call is not None and call.state is CallState.INCOMING:
             self.respond(invite_txn, 487, now, to_tag=call.local_tag)

@@ -162,3 +162,43 @@ def test_late_barge_in_cuts_a_completed_reply_to_what_was_heard(loaded: LoadedMo
                                    atol=1e-4, rtol=1e-4)
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("mode", ["turn", "chunked"])
+def test_retracted_reply_reopens_the_caller_turn(loaded: LoadedModel, wave: np.ndarray, mode: str) -> None:
+    """The caller paused, the answer started early, then the caller went on: one caller turn remains."""
+    half = (len(wave) // 2) // FRAME * FRAME
+
+    async def run() -> tuple[Engine, list[object]]:
+        engine = Engine(loaded, EngineSettings(input_mode=mode, max_reply_items=30))
+        engine.start()
+        conv = engine.open()
+        feed_all(conv, wave[:half])
+        conv.respond()
+        await collect(conv, stop_after=2)
+        conv.retract()
+        retracted = await asyncio.wait_for(conv.events.get(), 30)
+        while isinstance(retracted, AgentAudio):
+            retracted = await asyncio.wait_for(conv.events.get(), 30)
+        feed_all(conv, wave[half:])
+        conv.respond()
+        _, done = await collect(conv)
+        return engine, [retracted, done]
+
+    engine, (retracted, done) = asyncio.run(run())
+    try:
+        assert isinstance(retracted, ReplyFinished) and retracted.interrupted and retracted.frames == 0
+        assert isinstance(done, ReplyFinished) and not done.interrupted
+        conv = next(c.conv for c in engine._calls.values() if c.conv is not None)
+        roles = [t.role for t in conv.turns]
+        assert roles == ["system", "user", "assistant"]  # the withdrawn answer left no trace
+        user = conv.turns[1]
+        audio_rows = sum(s.length for s in user.segments if s.kind == "audio_in")
+        assert audio_rows >= (len(wave) // FRAME)  # both halves are in the one caller turn
+        assert conv.state.position == conv.history_positions
+        _, fresh = fresh_prefill_hidden(loaded, conv)
+        probe = loaded.model.embed_text(torch.tensor([[6]]))
+        torch.testing.assert_close(loaded.model.lfm(probe, conv.state), loaded.model.lfm(probe, fresh),
+                                   atol=1e-4, rtol=1e-4)
+    finally:
+        engine.stop()

@@ -104,3 +104,17 @@ def test_speech_clip_is_whole_frames_and_rejects_bad_length() -> None:
     assert float(abs(clip.samples).max()) > 0.01
     with pytest.raises(ValueError, match="seconds > 0"):
         speech_clip(0.0)
+
+
+def test_lookahead_rule_without_lookahead_is_the_engine_chunked_path(tiny_checkpoint_dir: Path) -> None:
+    """The benchmark's own window rule reproduces Conversation's chunked encoding exactly."""
+    from model.checkpoint import load_model
+
+    torch.set_num_threads(1)
+    loaded = load_model(tiny_checkpoint_dir, device="cpu", dtype="float32")
+    clip = speech_clip(1.9, 3)  # 24 frames: full chunks and a tail
+    engine_path = chunk_fidelity.chunked_embeddings(loaded, clip, 8, 16)
+    rule = chunk_fidelity.lookahead_embeddings(loaded, clip, 8, 16, 0)
+    torch.testing.assert_close(rule, engine_path, atol=1e-6, rtol=1e-6)
+    with_lookahead = chunk_fidelity.lookahead_embeddings(loaded, clip, 8, 16, 2)
+    assert with_lookahead.shape == engine_path.shape and not torch.equal(with_lookahead, engine_path)

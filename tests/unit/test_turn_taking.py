@@ -11,12 +11,14 @@ from agent.events import (
     AgentStartedSpeaking,
     BargeIn,
     EndOfTurn,
+    EndOfTurnPredicted,
     EndOfTurnReason,
     FalseInterruption,
     FinishReason,
     InterruptionSuspected,
     ResponseTimedOut,
     SpeechStarted,
+    TurnContinued,
     TurnEvent,
     VadSpeechPaused,
     VadSpeechResumed,
@@ -330,3 +332,39 @@ def test_complaint_the_agent_goes_on_after_a_false_interruption_and_can_still_be
     assert call.of(FalseInterruption) and call.turns.state is TurnState.AGENT_SPEAKING
     call.speak(640)
     assert len(call.of(BargeIn)) == 1
+
+
+EARLY = TurnTakingSettings(end_of_turn_silence_ms=1200, barge_in_min_speech_ms=300, early_response_silence_ms=400,
+                           false_interruption_timeout_ms=1500, max_turn_ms=20_000, response_timeout_ms=5000)
+
+
+def test_a_one_second_pause_mid_sentence_is_predicted_then_continued_not_ended() -> None:
+    """Complaint: end of turn cuts callers off mid-number. The answer starts early but stays held."""
+    caller = Caller(EARLY)
+    caller.speak(1500)
+    caller.silence(1000)  # "my number is five five five ... (pause)"
+    caller.speak(800)
+    kinds = [type(e).__name__ for _, e in caller.events]
+    assert "EndOfTurnPredicted" in kinds and "TurnContinued" in kinds
+    assert "EndOfTurn" not in kinds  # the turn was never ended during the pause
+    predicted = next(e for _, e in caller.events if isinstance(e, EndOfTurnPredicted))
+    continued_at = next(t for t, e in caller.events if isinstance(e, TurnContinued))
+    assert predicted.speech_ended_ms <= predicted.at_ms - 400 and continued_at > predicted.at_ms
+    caller.silence(1400)
+    ends = [e for _, e in caller.events if isinstance(e, EndOfTurn)]
+    assert len(ends) == 1 and ends[0].speech_started_ms < predicted.at_ms  # one turn, whole sentence
+    assert caller.turns.state is TurnState.AGENT_THINKING
+
+
+def test_predicted_end_then_silence_confirms_with_one_prediction_per_pause() -> None:
+    caller = Caller(EARLY)
+    caller.speak(1000)
+    caller.silence(1400)
+    events = [e for _, e in caller.events if isinstance(e, (EndOfTurnPredicted, EndOfTurn))]
+    assert [type(e).__name__ for e in events] == ["EndOfTurnPredicted", "EndOfTurn"]
+    assert events[1].at_ms - events[0].at_ms == pytest.approx(800, abs=40)  # 1200 - 400 ms
+
+
+def test_early_response_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="early_response_silence_ms"):
+        TurnTakingSettings(end_of_turn_silence_ms=600, early_response_silence_ms=600)

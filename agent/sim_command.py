@@ -1,0 +1,85 @@
+"""`lfm-call simulate`: run scenarios against this process's agent over a chosen transport."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from agent.caller_leg import CallerLeg
+from agent.commands import load_for_settings
+from agent.inproc import InprocLeg
+from agent.runtime import Runtime, build_runtime
+from agent.scenario import Scenario, ScenarioError, load_scenarios
+from agent.simulator import run_simulation, summaries_from
+from config.schema import Settings
+
+DEFAULT_SCENARIOS = Path(__file__).resolve().parent.parent / "config" / "scenarios"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenario], transport: str,
+                    concurrency: int, out_dir: Path) -> int:
+    cleanup: list[Callable[[], Awaitable[object]]] = []
+    leg_factory: Callable[[], CallerLeg]
+    if transport == "inproc":
+        def leg_factory() -> CallerLeg:
+            return InprocLeg(runtime.calls)
+    elif transport == "webrtc":
+        from agent.sim_webrtc import start_test_server
+
+        base_url, stop = await start_test_server(runtime)
+        cleanup.append(stop)
+
+        def leg_factory() -> CallerLeg:
+            from agent.sim_webrtc import WebRtcCallerLeg
+
+            leg: CallerLeg = WebRtcCallerLeg(base_url)
+            return leg
+    else:
+        from sip_bridge.sim_leg import start_test_gateway
+
+        uri, stop = await start_test_gateway(runtime)
+        cleanup.append(stop)
+
+        def leg_factory() -> CallerLeg:
+            from sip_bridge.sim_leg import SipCallerLeg
+
+            leg: CallerLeg = SipCallerLeg(uri)
+            return leg
+    try:
+        run = await run_simulation(scenarios, leg_factory, model=runtime.choice.description, transport=transport,
+                                   concurrency=concurrency, out_dir=out_dir,
+                                   summary_of=summaries_from(runtime.calls.summaries))
+    finally:
+        for stop_server in cleanup:
+            await stop_server()
+        runtime.close()
+    passed = sum(1 for c in run.calls if c.passed)
+    failed = len(run.calls) - passed
+    _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")
+    _say(f"simulate: model used: {runtime.choice.description}")
+    return 0 if failed == 0 and len(run.calls) == len(scenarios) else 1
+
+
+def run_simulate(settings: Settings, paths: list[str], transport: str, concurrency: int, out: Path) -> int:
+    from agent.cli import CliError
+
+    try:
+        scenarios = load_scenarios(paths or [str(DEFAULT_SCENARIOS)])
+    except ScenarioError as exc:
+        raise CliError(str(exc)) from None
+    if not scenarios:
+        raise CliError("no scenarios to run")
+    loaded, choice = load_for_settings(settings.model)
+    _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, concurrency {concurrency}, out {out}")
+
+    async def main() -> int:
+        runtime = build_runtime(settings, loaded, choice)
+        return await _simulate(settings, runtime, scenarios, transport, concurrency, out)
+
+    return asyncio.run(main())

@@ -1,0 +1,227 @@
+"""Scripted call simulation: scenarios as callers, over any transport, measured at the caller's ear.
+
+For each scenario the runner renders the caller's audio, places a call through a `CallerLeg`
+(in-process, WebRTC or SIP), and every 20 ms (absolute deadlines) moves one packet each way
+through the scenario's line model (codec, loss, jitter, echo, noise): what the caller says goes up
+the line, what the agent sends comes down to the caller's ear, where agent speech is detected.
+When the call ends, the agent's own view (its CallSummary: ends of turn, barge-ins, VAD, DTMF) is
+merged with the ear's, expectations are checked, and the report, a stereo WAV (caller left, agent
+at the ear right), transcripts and a timeline picture are written, atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.caller_leg import LEG_PACKET_SAMPLES, LEG_RATE, CallerLeg, Int16Array
+from agent.caller_script import PACKET_MS, CallerScript
+from agent.caller_voice import render_step
+from agent.line import LineModel
+from agent.report import (
+    BargeInRecord,
+    CallRecord,
+    FalseInterruption,
+    RunRecord,
+    Segment,
+    TurnRecord,
+    write_call_artifacts,
+    write_run_report,
+)
+from agent.scenario import DtmfStep, SayStep, Scenario, evaluate_expectations
+from agent.session import CallSummary
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_PACKETS = 6  # agent packets queued at the caller beyond this are late: dropped
+UTTERANCE_MARGIN_MS = 300
+NOMINAL_LEVEL_DBFS = -26.0
+
+SummaryLookup = Callable[[float], "CallSummary | None"]
+
+
+@dataclass
+class CallResult:
+    record: CallRecord
+    passed: bool
+
+
+async def render_audio(scenario: Scenario, cache_dir: Path | None) -> dict[int, Int16Array]:
+    audio: dict[int, Int16Array] = {}
+    for i, step in enumerate(scenario.steps):
+        if isinstance(step, (SayStep, DtmfStep)):
+            audio[i] = await asyncio.to_thread(render_step, step, scenario.caller, LEG_RATE, cache_dir)
+    return audio
+
+
+async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int16Array], call_id: str,
+                        model: str, transport: str, summary_of: SummaryLookup) -> CallRecord:
+    """Run one scenario over `leg` in real time; returns the measured CallRecord."""
+    line = LineModel(scenario.line, LEG_RATE, seed=scenario.line.seed,
+                     speech_level_dbfs=NOMINAL_LEVEL_DBFS + scenario.caller.volume_db)
+    script = CallerScript(scenario.steps, audio)
+    record = CallRecord(call_id=call_id, scenario=scenario.name, model=model, transport=transport,
+                        sample_rate=LEG_RATE, started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    sent: list[Int16Array] = []
+    heard_parts: list[Int16Array] = []
+    silence = np.zeros(LEG_PACKET_SAMPLES, np.int16)
+    pending: deque[Int16Array] = deque()
+    late = 0
+    started_wall = time.time()
+    try:
+        await leg.connect()
+    except Exception as exc:
+        record.error = f"call failed: {exc}"
+        return record
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    k = 0
+    timeout_ms = int(scenario.timeout_s * 1000)
+    while True:
+        now_ms = k * PACKET_MS
+        delay = t0 + now_ms / 1000 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.extend(leg.receive_audio())
+        while len(pending) > MAX_PENDING_PACKETS:
+            pending.popleft()
+            late += 1
+        agent_packet = pending.popleft() if pending else None
+        heard = line.downlink(agent_packet, now_ms)
+        tick = script.tick(now_ms, heard)
+        caller_packet = tick.packet if tick.packet is not None and not tick.record_only else None
+        leg.send_audio(line.uplink(caller_packet, heard, now_ms))
+        for digit, duration in tick.dtmf:
+            leg.send_dtmf(digit, duration)
+        sent.append(tick.packet if tick.packet is not None else silence)
+        heard_parts.append(heard)
+        k += 1
+        if tick.hang_up:
+            record.hung_up = True
+            await leg.hang_up()
+            break
+        if leg.remote_hung_up:
+            break
+        if now_ms >= timeout_ms:
+            record.error = f"scenario timeout after {scenario.timeout_s} s"
+            await leg.hang_up()
+            break
+    script.ear.close()
+    record.duration_ms = k * PACKET_MS
+    record.caller_audio = np.concatenate(sent) if sent else np.zeros(0, np.int16)
+    record.heard_audio = np.concatenate(heard_parts) if heard_parts else np.zeros(0, np.int16)
+    record.caller_utterances = list(script.utterances)
+    record.agent_segments = list(script.ear.segments)
+    record.dtmf_sent = script.dtmf_sent
+    record.line_stats = {"uplink": vars(line.uplink_stats), "downlink": vars(line.downlink_stats),
+                         "late_at_caller": late}
+    await asyncio.sleep(0.05)
+    summary = summary_of(started_wall)
+    if summary is None:
+        record.error = record.error or "no agent-side summary for this call"
+    else:
+        merge_summary(record, summary, (summary.started_at - started_wall) * 1000)
+    record.expectations = evaluate_expectations(scenario.expect, record.metrics())
+    return record
+
+
+def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) -> None:
+    """Put the agent's own view of the call on the caller's timeline (session time + offset)."""
+    says = [u for u in record.caller_utterances if u.kind in ("say", "wav")]
+    segments = record.agent_segments
+
+    def segment_after(t: float) -> Segment | None:
+        return next((s for s in segments if s.start_ms >= t), None)
+
+    for i, turn in enumerate(summary.turns):
+        eot = None if turn.end_of_turn_ms is None else turn.end_of_turn_ms + offset_ms
+        caller_end = None
+        if eot is not None:
+            before = [u.end_ms for u in says if u.end_ms <= eot]
+            caller_end = before[-1] if before else None
+        start_after = 0.0 if eot is None else max(caller_end or 0.0, eot - 50)
+        seg = segment_after(start_after)
+        heard = seg is not None and turn.first_audio_sent_ms is not None
+        record.turns.append(TurnRecord(
+            index=i, caller_end_ms=caller_end, end_of_turn_ms=eot,
+            agent_start_ms=seg.start_ms if heard and seg else None,
+            agent_end_ms=seg.end_ms if heard and seg else None,
+            text_generated=turn.text_generated, text_heard=turn.text_heard, interrupted=turn.interrupted))
+    record.end_of_turn_ms = [t + offset_ms for t in summary.end_of_turns]
+    record.vad_segments = [Segment(a + offset_ms, b + offset_ms, "vad") for a, b in summary.vad_segments]
+    for b in summary.barge_ins:
+        started = b.speech_started_ms + offset_ms
+        caller = next((u for u in says if u.start_ms - UTTERANCE_MARGIN_MS <= started
+                       <= u.end_ms + UTTERANCE_MARGIN_MS), None)
+        if caller is None:
+            record.false_interruptions.append(FalseInterruption(started, "barge-in without caller speech"))
+            continue
+        onset = caller.start_ms
+        active = next((s for s in segments if s.start_ms <= onset < s.end_ms), None)
+        stop = max(onset, active.end_ms) if active is not None else onset
+        record.barge_ins.append(BargeInRecord(onset, b.detected_ms + offset_ms, stop))
+    record.dtmf_received = summary.dtmf
+    if summary.error:
+        record.error = record.error or f"agent error: {summary.error}"
+
+
+def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:
+    """Match a simulated call to the agent's summary by start time (calls start staggered)."""
+    claimed: set[int] = set()
+
+    def lookup(started_wall: float) -> CallSummary | None:
+        best: CallSummary | None = None
+        for s in manager_summaries:
+            if id(s) in claimed or s.started_at < started_wall - 0.5:
+                continue
+            if best is None or abs(s.started_at - started_wall) < abs(best.started_at - started_wall):
+                best = s
+        if best is not None:
+            claimed.add(id(best))
+        return best
+
+    return lookup
+
+
+async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], CallerLeg], *, model: str,
+                         transport: str, concurrency: int, out_dir: Path, summary_of: SummaryLookup,
+                         cache_dir: Path | None = None, stagger_ms: int = 150) -> RunRecord:
+    run = RunRecord(run_id=time.strftime("run-%Y%m%d-%H%M%S"), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    description={"model": model, "transport": transport, "concurrency": concurrency,
+                                 "scenarios": [s.name for s in scenarios]})
+    rendered = [await render_audio(s, cache_dir) for s in scenarios]
+    gate = asyncio.Semaphore(max(1, concurrency))
+    results: list[CallRecord | None] = [None] * len(scenarios)
+
+    async def one(i: int, scenario: Scenario) -> None:
+        await asyncio.sleep(i * stagger_ms / 1000 if i < concurrency else 0)
+        async with gate:
+            leg = leg_factory()
+            call_id = f"{i + 1:03d}-{scenario.name}"
+            _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: calling over {leg.description}")
+            record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of)
+            results[i] = record
+            write_call_artifacts(out_dir, record)
+            verdict = "PASS" if record.passed else "FAIL"
+            failed = [f"{e.name} (got {e.actual})" for e in record.expectations if not e.ok]
+            detail = f" error: {record.error}" if record.error else ""
+            detail += f" failed: {', '.join(failed)}" if failed else ""
+            _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: {verdict} in {record.duration_ms / 1000:.1f} s"
+                      f"{detail}")
+
+    await asyncio.gather(*(one(i, s) for i, s in enumerate(scenarios)))
+    run.calls = [r for r in results if r is not None]
+    write_run_report(out_dir, run)
+    return run
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,75 @@
+"""``SipCallTransport``: one established SIP call as agent/transport.py's ``CallTransport``.
+
+Caller audio decoded by ``CallMedia`` and DTMF (RFC 4733 or SIP INFO) are queued as transport
+events; the call's end (remote BYE, CANCEL, RTP timeout, our own hang-up) queues ``HungUp``,
+always the last event. ``send`` queues agent audio in the media pacer; ``flush`` drops what is
+queued (barge-in); ``hang_up`` asks the gateway to send BYE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, TransportEvent
+from sip_bridge.media import CallMedia
+
+MAX_QUEUED_EVENTS = 500  # 10 s of 20 ms packets: beyond it the session is not reading
+
+
+class SipCallTransport:
+    def __init__(self, call_id: str, media: CallMedia, on_hang_up: Callable[[str, str], None]) -> None:
+        self.call_id = call_id
+        self.media = media
+        self._on_hang_up = on_hang_up
+        self._rate = media.transport_rate
+        self._events: asyncio.Queue[TransportEvent] = asyncio.Queue()
+        self._ended = False
+        self.dropped_audio = 0
+        self.hangup_reason: str | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    async def receive(self) -> TransportEvent:
+        return await self._events.get()
+
+    def send(self, samples: Int16Array) -> None:
+        if not self._ended:
+            self.media.send_pcm(samples)
+
+    def flush(self) -> int:
+        """Drop queued agent audio at once (barge-in); returns the packets dropped."""
+        return self.media.flush_output()
+
+    def hang_up(self, reason: str) -> None:
+        if self._ended:
+            return
+        self.remote_ended(f"agent: {reason}")
+        self._on_hang_up(self.call_id, reason)
+
+    # --- fed by the media and the gateway --------------------------------------------------------
+    def audio_received(self, samples: Int16Array) -> None:
+        if self._ended:
+            return
+        if self._events.qsize() >= MAX_QUEUED_EVENTS:
+            self.dropped_audio += 1
+            return
+        self._events.put_nowait(AudioReceived(samples))
+
+    def dtmf_received(self, digit: str, duration_ms: int) -> None:
+        if not self._ended:
+            self._events.put_nowait(DtmfReceived(digit, duration_ms))
+
+    def remote_ended(self, reason: str) -> None:
+        """The call is over (BYE, CANCEL, RTP timeout, our hang-up): HungUp is the last event."""
+        if self._ended:
+            return
+        self._ended = True
+        self.hangup_reason = reason
+        self._events.put_nowait(HungUp(reason))
