@@ -68,6 +68,7 @@ def engine_settings(settings: ModelSettings, tiny: bool = False) -> EngineSettin
         input_mode=settings.input_mode,
         chunk_frames=settings.chunk_frames,
         left_context_frames=settings.chunk_left_context_frames,
+        right_context_frames=settings.chunk_right_context_frames,
         system_prompt=settings.system_prompt,
         instructions=settings.instructions,
         max_context_tokens=settings.max_context_tokens,

@@ -72,6 +72,7 @@ class ModelSettings:
     input_mode: str = spec("chunked", choices=("chunked", "turn"))
     chunk_frames: int = spec(8, min=1, max=256)
     chunk_left_context_frames: int = spec(16, min=0, max=1024)
+    chunk_right_context_frames: int = spec(2, min=0, max=64)
     system_prompt: str = spec("Respond with interleaved text and audio.")
     instructions: str = spec("")
     greeting: str = spec("Hello, you are speaking with an AI assistant. How can I help?")

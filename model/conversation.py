@@ -73,6 +73,7 @@ class InputSettings:
     mode: str = "chunked"  # "chunked" | "turn"
     chunk_frames: int = 8
     left_context_frames: int = 16
+    right_context_frames: int = 0  # lookahead: a chunk is encoded once this many later frames exist
 
 
 @dataclass
@@ -218,16 +219,18 @@ class Conversation:
     def chunk_ready(self) -> bool:
         if self.input.mode != "chunked" or not self.user_turn_open:
             return False
-        return len(self.turn_audio) - self.turn_encoded_frames >= self.input.chunk_frames
+        need = self.input.chunk_frames + self.input.right_context_frames
+        return len(self.turn_audio) - self.turn_encoded_frames >= need
 
     def encode_chunk(self, final: bool) -> None:
-        """Encode the next chunk (or, if final, everything left) with left context, and feed it."""
+        """Encode the next chunk (or, if final, everything left) with left and right context, feed it."""
         start = self.turn_encoded_frames
         end = len(self.turn_audio) if final else start + self.input.chunk_frames
         if end <= start and not final:
             return
         ctx_start = max(0, start - self.input.left_context_frames)
-        window = np.concatenate(self.turn_audio[ctx_start:end]) if end > ctx_start else np.zeros(0, np.float32)
+        stop = end if final else min(len(self.turn_audio), end + self.input.right_context_frames)
+        window = np.concatenate(self.turn_audio[ctx_start:stop]) if stop > ctx_start else np.zeros(0, np.float32)
         if window.shape[0] == 0:
             return
         embeds = self.encode_waveform(window)

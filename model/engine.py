@@ -57,6 +57,7 @@ class EngineSettings:
     input_mode: str = "chunked"
     chunk_frames: int = 8
     left_context_frames: int = 16
+    right_context_frames: int = 0
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     instructions: str = ""
     max_context_tokens: int = 32768
@@ -300,7 +301,8 @@ class Engine:
         s = self.settings
         state = self.loaded.model.lfm.new_state(batch_size=1, kv_capacity=512)
         conv = Conversation(conv_id, self.loaded, state, InputSettings(s.input_mode, s.chunk_frames,
-                                                                        s.left_context_frames),
+                                                                        s.left_context_frames,
+                                                                        s.right_context_frames),
                             s.max_context_tokens, s.reply_reserve_tokens)
         prompt = s.system_prompt
         extra = " ".join(x for x in (s.instructions, instructions) if x)

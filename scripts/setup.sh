@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(espeak-ng sox libsox-fmt-all sip-tester baresip-core tshark chromium chromium-driver)
+DEB_PACKAGES=(espeak-ng sox libsox-fmt-all sip-tester baresip-core tshark kamailio chromium chromium-driver)
 TORCH_SPEC="${LFMCALL_TORCH:-torch==2.13.0}"
 PYTHON="${PYTHON:-python3}"
 

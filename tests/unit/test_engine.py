@@ -250,3 +250,32 @@ def test_thirty_minute_call_stays_within_context_budget(loaded: LoadedModel, bud
     lfm(torch.cat([conv.embed_segment(s) for t in conv.turns for s in t.segments])[None], state)
     probe = loaded.model.embed_text(torch.tensor([[6]]))
     torch.testing.assert_close(lfm(probe, conv.state), lfm(probe, state), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("right", [0, 2])
+def test_chunked_input_encodes_while_speaking_with_turn_mode_row_count(loaded: LoadedModel, right: int) -> None:
+    """Chunks are encoded as frames arrive (as the worker does); the tail at end of turn; same rows."""
+    wave = speech_like(2.3, seed=4)
+    frames = [wave[i : i + FRAME] for i in range(0, len(wave), FRAME)]
+    lfm = loaded.model.lfm
+    chunked = Conversation(1, loaded, lfm.new_state(), InputSettings("chunked", 4, 8, right), 32768, 1024)
+    encoded_before_end = 0
+    for frame in frames:
+        chunked.add_frame(frame)
+        while chunked.chunk_ready():
+            chunked.encode_chunk(final=False)
+        encoded_before_end = chunked.turn_encoded_frames
+    assert encoded_before_end >= len(frames) - 4 - right  # only the tail is left for the end of turn
+    chunked.close_user_turn()
+    turn = Conversation(2, loaded, lfm.new_state(), InputSettings("turn"), 32768, 1024)
+    for frame in frames:
+        turn.add_frame(frame)
+    turn.close_user_turn()
+
+    def rows(conv: Conversation) -> torch.Tensor:
+        return torch.cat([s.embeds for s in conv.turns[-1].segments if s.kind == "audio_in" and s.embeds is not None])
+
+    a, b = rows(chunked), rows(turn)
+    assert a.shape == b.shape
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    assert float(cosine.mean()) > 0.9
