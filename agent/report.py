@@ -147,6 +147,7 @@ class BargeInRecord:
     onset_ms: float
     detected_ms: float | None
     stop_ms: float | None
+    agent_audible: bool = True  # False: the agent was silent at the onset (thinking): no stop time
 
     @property
     def stop_latency_ms(self) -> float | None:
@@ -197,7 +198,7 @@ class CallRecord:
         """The values scenario expectations are checked against (see ``agent.scenario``)."""
         latencies = [t.response_latency_ms for t in self.turns]
         eot = [t.end_of_turn_delay_ms for t in self.turns]
-        stops = [b.stop_latency_ms for b in self.barge_ins]
+        stops = [b.stop_latency_ms for b in self.barge_ins if b.agent_audible]
         return {
             "response_latency_ms": [v for v in latencies if v is not None],
             "end_of_turn_delay_ms": [v for v in eot if v is not None],

@@ -167,7 +167,7 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
         onset = caller.start_ms
         active = next((s for s in segments if s.start_ms <= onset < s.end_ms), None)
         stop = max(onset, active.end_ms) if active is not None else onset
-        record.barge_ins.append(BargeInRecord(onset, b.detected_ms + offset_ms, stop))
+        record.barge_ins.append(BargeInRecord(onset, b.detected_ms + offset_ms, stop, active is not None))
     record.dtmf_received = summary.dtmf
     if summary.error:
         record.error = record.error or f"agent error: {summary.error}"

@@ -282,6 +282,9 @@ class Conversation:
         assert job is not None
         self.job = None
         consumed = self.state.position - job.start_position
+        if keep_audio_frames is None and job.pending is not None and consumed == len(job.items) - 1:
+            self.feed(job.pending[None])  # stopped at the length cap: the last item is not in yet
+            consumed += 1
         if keep_audio_frames is None and consumed == len(job.items):
             # every item is in the state already: only the end of the turn is missing
             turn = self.turns[-1]
