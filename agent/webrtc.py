@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 WEBRTC_RATE = 48000
 PACKET_MS = 20
 PACKET_SAMPLES = WEBRTC_RATE * PACKET_MS // 1000  # 960
+UNDERRUN_GRACE_S = 0.012  # how long a due packet may wait for the producer before silence goes out
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MAX_DATA_MESSAGE_BYTES = 4096
 
@@ -134,7 +135,7 @@ class DeadlinePacer:
 class SampleFifo:
     """Samples waiting to be sent, cut into fixed packets; bounded (see the module docstring)."""
 
-    def __init__(self, packet_samples: int, high_water_packets: int = 6, max_packets: int = 50) -> None:
+    def __init__(self, packet_samples: int, high_water_packets: int = 3, max_packets: int = 50) -> None:
         self.packet_samples = packet_samples
         self.high_water = high_water_packets * packet_samples
         self.limit = max_packets * packet_samples
@@ -152,6 +153,10 @@ class SampleFifo:
         if excess > 0:
             self._buf = self._buf[excess:]
             self.dropped_audio_samples += excess
+
+    def ready(self) -> bool:
+        """At least one whole packet is buffered."""
+        return self._buf.size >= self.packet_samples
 
     def pop(self) -> Int16Array | None:
         """The next packet, or None when less than one packet is buffered (an underrun)."""
@@ -195,18 +200,22 @@ class PacedAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, sample_rate: int = WEBRTC_RATE, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, sample_rate: int = WEBRTC_RATE, clock: Callable[[], float] = time.monotonic,
+                 grace_s: float = UNDERRUN_GRACE_S) -> None:
         super().__init__()
         self.sample_rate = sample_rate
         self.packet_samples = sample_rate * PACKET_MS // 1000
         self.fifo = SampleFifo(self.packet_samples)
         self.stats = PacingStats()
+        self.grace_s = grace_s
         self._clock = clock
         self._pacer: DeadlinePacer | None = None
         self._silence = np.zeros(self.packet_samples, np.int16)
+        self._arrived = asyncio.Event()
 
     def push(self, samples: Int16Array) -> None:
         self.fifo.push(samples)
+        self._arrived.set()
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -217,6 +226,15 @@ class PacedAudioTrack(MediaStreamTrack):
         delay = pacer.deadline() - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
+        if not self.fifo.ready() and self.grace_s > 0:
+            # The producer ticks on its own 20 ms grid; when its packet is a few ms late, wait for it
+            # rather than send silence, which would leave one packet of extra delay behind.
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.grace_s):
+                    while not self.fifo.ready():
+                        await self._arrived.wait()
+                        self._arrived.clear()
         now = self._clock()
         samples = self.fifo.pop()
         frame = mono_frame(self._silence if samples is None else samples, self.sample_rate,

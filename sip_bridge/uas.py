@@ -190,7 +190,8 @@ class UasSide(UaCore):
             pass  # the gateway owns its SDP; we only track the version when we can read it
         response = self.respond(
             call.server_txn, 200, now, to_tag=call.local_tag, body=sdp,
-            extra_headers=[("Contact", str(self.contact))],
+            extra_headers=[*(("Record-Route", rr) for rr in call.invite.headers.get_lines("Record-Route")),
+                           ("Contact", str(self.contact))],  # §12.1.1: Record-Route copied, in order
         )  # fmt: skip
         call.state = CallState.ANSWERED
         self._arm_ok(call, response, call.invite.cseq[0], now)

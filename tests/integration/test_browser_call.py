@@ -152,6 +152,9 @@ async def test_browser_calls_the_agent_and_barges_in(tiny_checkpoint_dir: Path, 
     speaking = level_between(levels, t0_ms + turn.first_audio_sent_ms + 300, t0_ms + barge.speech_started_ms + 100)
     after = level_between(levels, t0_ms + barge.stopped_ms + 300, t0_ms + barge.stopped_ms + 900)
     assert speaking.size and after.size
+    trace = [f"{(t - t0_ms - barge.stopped_ms) / 1000:+.1f}s:{np.mean(level_between(levels, t, t + 100)):.3f}"
+             for t in np.arange(t0_ms + barge.stopped_ms - 1000, t0_ms + barge.stopped_ms + 1500, 100)]
+    print("agent level in the browser around the barge-in stop (100 ms means):", " ".join(trace))
     print(f"agent level in the browser: {np.median(speaking):.4f} while speaking, {np.mean(after):.4f} "
           f"after the barge-in")
     assert np.median(speaking) > AUDIBLE_RMS

@@ -105,8 +105,10 @@ def test_pacer_skips_ahead_after_a_long_stall_and_keeps_the_grid() -> None:
 
 def test_fifo_cuts_packets_and_reports_underruns() -> None:
     fifo = SampleFifo(PACKET_SAMPLES)
+    assert not fifo.ready()
     assert fifo.pop() is None and fifo.underruns == 1
     fifo.push(np.arange(1500, dtype=np.int16))
+    assert fifo.ready()
     first = fifo.pop()
     assert first is not None
     np.testing.assert_array_equal(first, np.arange(960, dtype=np.int16))
