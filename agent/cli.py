@@ -117,9 +117,19 @@ def cmd_dial(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _settings(args)
-    raise NotBuiltError(
-        "`bench` is not built yet; run the individual benchmarks with `python -m bench.<name>`"
-    )
+    # bench/ is a folder of the source tree (not part of an installed wheel): the suite runs from a checkout
+    try:
+        from bench import suite
+    except ImportError as exc:
+        raise CliError(f"the benchmark suite needs the source checkout (bench/ folder): {exc}") from None
+    # options the `bench` parser does not define yet (--out, --sections, ...) take the suite's defaults
+    full = suite.namespace_with_defaults(args)
+    try:
+        suite.parse_sections(full.sections)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    code: int = suite.run(full, suite.argv_of(full))
+    return code
 
 
 def cmd_asr(args: argparse.Namespace) -> int:

@@ -259,17 +259,18 @@ def load_for_bench(args: argparse.Namespace) -> tuple[LoadedModel, str]:
     return dataclasses.replace(loaded, mimi=ClampedMimi(loaded.mimi)), label
 
 
-def apply_compile(loaded: LoadedModel) -> list[str]:
+def apply_compile(loaded: LoadedModel, backend: str = "inductor", mode: str | None = None) -> list[str]:
     """torch.compile the shape-stable parts (SwiGLU blocks of backbone and depthformer); returns names.
 
     The batched step itself loops over per-call states in Python (each call its own length), which
     torch.compile would re-trace at every position, so only the per-layer feed-forwards are compiled.
+    ``mode="reduce-overhead"`` adds CUDA graphs (on CUDA); ``backend="eager"`` only traces (CPU smoke).
     """
     compiled = []
     for prefix, layers in (("lfm.layers", loaded.model.lfm.layers), ("depthformer.layers",
                                                                       loaded.model.depthformer.layers)):
         for i, layer in enumerate(layers):
-            block = torch.compile(cast(torch.nn.Module, layer.feed_forward), dynamic=True)
+            block = torch.compile(cast(torch.nn.Module, layer.feed_forward), dynamic=True, backend=backend, mode=mode)
             layer.add_module("feed_forward", cast(torch.nn.Module, block))
             compiled.append(f"{prefix}.{i}.feed_forward")
     return compiled

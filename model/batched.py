@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from model.backbone import BackboneState, Lfm2Backbone, Lfm2DecoderLayer, apply_rope, attend, rope_cos_sin
-from model.lfm2_audio import LFM2AudioModel, Sampling, sample_from_logits
+from model.lfm2_audio import LFM2AudioModel, Sampling
 
 
 def _conv_step(layer: Lfm2DecoderLayer, x: torch.Tensor, states: list[BackboneState]) -> torch.Tensor:
@@ -90,26 +90,5 @@ def backbone_step(backbone: Lfm2Backbone, embeds: torch.Tensor, states: list[Bac
 
 def audio_frames(model: LFM2AudioModel, hidden: torch.Tensor, samplings: list[Sampling],
                  generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
-    """Depthformer for B conversations at once: hidden [B, hidden] -> codes [B, codebooks] (int64).
-
-    Row b equals `model.sample_audio_frame(hidden[b], samplings[b])[0]`.
-    """
-    bsz = hidden.shape[0]
-    n_cb = model.codebooks
-    dim = model.config.depthformer.dim
-    depth_in = model.depth_linear(hidden).view(bsz, n_cb, dim)
-    token_emb = torch.zeros_like(depth_in[:, 0])
-    cache = model.depthformer.new_cache()
-    codes = torch.empty(bsz, n_cb, dtype=torch.long, device=hidden.device)
-    gens = generators or [None] * bsz
-    all_greedy = all(s.greedy for s in samplings)
-    for i in range(n_cb):
-        out = model.depthformer((depth_in[:, i] + token_emb)[:, None, :], cache)
-        logits = model.depth_embeddings[i].get_logits(out[:, 0])  # [B, 2049]
-        if all_greedy:
-            codes[:, i] = logits.argmax(-1)
-        else:
-            for b in range(bsz):
-                codes[b, i] = sample_from_logits(logits[b], samplings[b], gens[b])
-        token_emb = model.depth_embeddings[i].embedding.weight[codes[:, i]]
-    return codes
+    """Depthformer for B conversations at once: hidden [B, hidden] -> codes [B, codebooks] (int64)."""
+    return model.sample_audio_frames(hidden, samplings, generators)[0]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -192,6 +193,22 @@ class LoadedModel:
         """An empty chat (starts with ``<|startoftext|>``); mel features kept in float32."""
         return ChatState(self.tokenizer, self.mel, self.config.codebooks, self.config.encoder.subsampling_factor,
                          device=self.device, dtype=torch.float32)
+
+    def one_turn_chat(self, system: str, *, audio_16k: np.ndarray | None = None,
+                      text: str | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs of system prompt, one user turn (audio at 16 kHz or text), assistant header."""
+        chat = self.new_chat()
+        chat.new_turn("system")
+        chat.add_text(system)
+        chat.end_turn()
+        chat.new_turn("user")
+        if audio_16k is not None:
+            chat.add_audio(audio_16k, self.mel.config.sample_rate)
+        if text is not None:
+            chat.add_text(text)
+        chat.end_turn()
+        chat.new_turn("assistant")
+        return chat.model_inputs()
 
 
 def load_mimi_codec(folder: Path, device: torch.device) -> Any:

@@ -5,17 +5,8 @@ token or an audio frame of ``codebooks`` codes), or ``None`` once generation has
 (the real-time engine) may stop after any step. The backbone state is the caller's: it holds the
 conversation so far and can be saved/truncated between steps.
 
-Official rules (token ids are hard-coded upstream):
-
-* sequential: text until ``<|audio_start|>`` (128, yielded) switches to audio; audio until an
-  end-of-audio frame (codebook 0 == 2048; the whole frame becomes 2048, yielded) switches back to
-  text; ``<|im_end|>`` (7) is yielded and ends generation.
-* interleaved: budgets of ``interleaved_n_text`` text items and ``interleaved_n_audio`` frames,
-  alternating; the budget counter drops once per backbone call. ``<|im_end|>`` in text mode ends
-  generation and is *not* yielded. ``<|text_end|>`` (130) is yielded, marks text as done and
-  switches to audio; while text is done audio does not switch back at the budget, and after an
-  end-of-audio frame exactly one text item is generated. An end-of-audio frame before text is done
-  does not reset the counter.
+The official control flow (which modality comes next, what ends generation) lives in
+``model.schedule``, shared with the real-time engine's batched steps.
 """
 
 from __future__ import annotations
@@ -27,8 +18,8 @@ from enum import Enum
 import torch
 
 from model.backbone import BackboneState
-from model.chat import AUDIO_START, IM_END, TEXT_END
 from model.lfm2_audio import END_OF_AUDIO, GREEDY, LFM2AudioModel, Modality, Sampling, sample_from_logits
+from model.schedule import InterleavedSchedule, SequentialSchedule
 
 
 class GenerationMode(Enum):
@@ -86,13 +77,18 @@ class Generation:
         self.calls = 0
         self.finished = False
         self.end_reason: str | None = None  # "im_end", "max_new_tokens" or "stopped"
-        self.modality = Modality.TEXT
-        self.modality_left = model.config.interleaved_n_text
-        self.text_done = False
+        self.schedule: InterleavedSchedule | SequentialSchedule = (
+            InterleavedSchedule(model.config.interleaved_n_text, model.config.interleaved_n_audio)
+            if mode is GenerationMode.INTERLEAVED else SequentialSchedule())
         self.last_hidden: torch.Tensor | None = None
         self.last_logits: torch.Tensor | None = None
         self.last_margin: float | None = None
         self._pending: torch.Tensor | None = pending
+
+    @property
+    def modality(self) -> Modality:
+        """What the next backbone call will produce."""
+        return self.schedule.modality
 
     def __iter__(self) -> Iterator[GeneratedItem]:
         while True:
@@ -146,51 +142,19 @@ class Generation:
             self.finished = True
             self.end_reason = "max_new_tokens"
             return None
-        if self.mode is GenerationMode.SEQUENTIAL:
-            return self._step_sequential()
-        return self._step_interleaved()
-
-    def _step_sequential(self) -> GeneratedItem | None:
+        modality = self.schedule.begin_step()
         hidden = self._backbone()
-        if self.modality == Modality.TEXT:
+        if modality == Modality.TEXT:
             token = self._text(hidden)
-            if token == AUDIO_START:
-                self.modality = Modality.AUDIO_OUT
-            if token == IM_END:
+            yielded = self.schedule.after_text(token)
+            if self.schedule.finished:
                 self.finished = True
                 self.end_reason = "im_end"
             else:
                 self._feed_text(token)
-            return GeneratedItem(Modality.TEXT, token=token)
+            return GeneratedItem(Modality.TEXT, token=token) if yielded else None
         codes = self._audio(hidden)
-        if int(codes[0]) == END_OF_AUDIO:
-            self.modality = Modality.TEXT
-        self._feed_audio(codes)
-        return GeneratedItem(Modality.AUDIO_OUT, codes=codes.cpu())
-
-    def _step_interleaved(self) -> GeneratedItem | None:
-        n_text, n_audio = self.model.config.interleaved_n_text, self.model.config.interleaved_n_audio
-        self.modality_left -= 1
-        hidden = self._backbone()
-        if self.modality == Modality.TEXT:
-            token = self._text(hidden)
-            if token == IM_END:
-                self.finished = True
-                self.end_reason = "im_end"
-                return None
-            if token == TEXT_END:
-                self.text_done = True
-            if not self.modality_left or self.text_done:
-                self.modality = Modality.AUDIO_OUT
-                self.modality_left = n_audio
-            self._feed_text(token)
-            return GeneratedItem(Modality.TEXT, token=token)
-        codes = self._audio(hidden)
-        if not self.modality_left and not self.text_done:
-            self.modality = Modality.TEXT
-            self.modality_left = n_text
-        if int(codes[0]) == END_OF_AUDIO:
-            self.modality = Modality.TEXT
+        self.schedule.after_audio(int(codes[0]) == END_OF_AUDIO)
         self._feed_audio(codes)
         return GeneratedItem(Modality.AUDIO_OUT, codes=codes.cpu())
 

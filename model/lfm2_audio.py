@@ -139,23 +139,37 @@ class LFM2AudioModel(nn.Module):
         return emb[None]
 
     # -- audio frames ------------------------------------------------------------------------
-    def sample_audio_frame(self, hidden: torch.Tensor, sampling: Sampling = GREEDY,
+    def sample_audio_frame(self, hidden: torch.Tensor, sampling: Sampling = Sampling(),
                            generator: torch.Generator | None = None,
                            keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One backbone output vector [hidden] -> (codes [codebooks] int64, logits [codebooks, 2049] or None)."""
+        codes, logits = self.sample_audio_frames(hidden[None], [sampling], [generator], keep_logits)
+        return codes[0], (logits[0] if logits is not None else None)
+
+    def sample_audio_frames(self, hidden: torch.Tensor, samplings: list[Sampling],
+                            generators: list[torch.Generator | None] | None = None,
+                            keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The depthformer for B frames at once: hidden [B, hidden] -> (codes [B, codebooks] int64,
+        logits [B, codebooks, 2049] or None). Codebook i's input is depth_linear's row i plus the raw
+        embedding of codebook i-1's code; the KV cache is fresh per frame and grows over the codebooks."""
+        bsz = hidden.shape[0]
         dim = self.config.depthformer.dim
-        depth_in = self.depth_linear(hidden).view(self.codebooks, dim)
-        token_emb = torch.zeros_like(depth_in[0])
+        depth_in = self.depth_linear(hidden).view(bsz, self.codebooks, dim)
+        token_emb = torch.zeros_like(depth_in[:, 0])
         cache = self.depthformer.new_cache()
-        codes: list[int] = []
-        all_logits: list[torch.Tensor] = []
+        codes = torch.empty(bsz, self.codebooks, dtype=torch.long, device=hidden.device)
+        gens = generators or [None] * bsz
+        all_greedy = all(s.greedy for s in samplings)
+        kept: list[torch.Tensor] = []
         for i in range(self.codebooks):
-            out = self.depthformer((depth_in[i] + token_emb)[None, None, :], cache)
-            logits = self.depth_embeddings[i].get_logits(out[0, 0])
+            out = self.depthformer((depth_in[:, i] + token_emb)[:, None, :], cache)
+            logits = self.depth_embeddings[i].get_logits(out[:, 0])  # [B, 2049]
             if keep_logits:
-                all_logits.append(logits)
-            code = sample_from_logits(logits, sampling, generator)
-            codes.append(code)
-            token_emb = self.depth_embeddings[i].embedding.weight[code]
-        result = torch.tensor(codes, dtype=torch.long, device=hidden.device)
-        return result, (torch.stack(all_logits) if keep_logits else None)
+                kept.append(logits)
+            if all_greedy:
+                codes[:, i] = logits.argmax(-1)
+            else:
+                for b in range(bsz):
+                    codes[b, i] = sample_from_logits(logits[b], samplings[b], gens[b])
+            token_emb = self.depth_embeddings[i].embedding.weight[codes[:, i]]
+        return codes, (torch.stack(kept, dim=1) if keep_logits else None)

@@ -66,15 +66,9 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def build_chat_inputs(loaded: LoadedModel, system: str, waveform: np.ndarray, sample_rate: int) -> dict[str, torch.Tensor]:
-    chat = loaded.new_chat()
-    chat.new_turn("system")
-    chat.add_text(system)
-    chat.end_turn()
-    chat.new_turn("user")
-    chat.add_audio(waveform, sample_rate)
-    chat.end_turn()
-    chat.new_turn("assistant")
-    return chat.model_inputs()
+    if sample_rate != loaded.mel.config.sample_rate:
+        raise ValueError(f"input audio must be {loaded.mel.config.sample_rate} Hz, got {sample_rate} Hz")
+    return loaded.one_turn_chat(system, audio_16k=waveform)
 
 
 def run_trace(gen: Generation, codebooks: int) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ from model.lfm2_audio import GREEDY, Sampling
 
 ASR_SYSTEM_PROMPT = "Perform ASR."
 TTS_SYSTEM_PROMPT = "Perform TTS."
-INPUT_SAMPLE_RATE = 16000
 ASR_MAX_NEW_TOKENS = 512
 TTS_MAX_NEW_TOKENS = 1024
 
@@ -22,15 +21,8 @@ def transcribe(loaded: LoadedModel, audio_16k: np.ndarray, max_new_tokens: int =
     audio = np.asarray(audio_16k, dtype=np.float32)
     if audio.ndim != 1 or audio.size == 0:
         raise ValueError(f"audio_16k must be a non-empty 1-D array, got shape {audio.shape}")
-    chat = loaded.new_chat()
-    chat.new_turn("system")
-    chat.add_text(ASR_SYSTEM_PROMPT)
-    chat.end_turn()
-    chat.new_turn("user")
-    chat.add_audio(audio, INPUT_SAMPLE_RATE)
-    chat.end_turn()
-    chat.new_turn("assistant")
-    gen = start_generation(loaded.model, chat.model_inputs(), GenerationMode.SEQUENTIAL, max_new_tokens)
+    inputs = loaded.one_turn_chat(ASR_SYSTEM_PROMPT, audio_16k=audio)
+    gen = start_generation(loaded.model, inputs, GenerationMode.SEQUENTIAL, max_new_tokens)
     ids: list[int] = []
     for item in gen:
         if item.token is None or item.token in (IM_END, AUDIO_START):
@@ -48,16 +40,9 @@ def synthesize(loaded: LoadedModel, text: str, voice: str | None = None, max_new
     if loaded.mimi is None:
         raise ValueError("this LoadedModel was loaded without its Mimi codec (load_codec=False)")
     system = TTS_SYSTEM_PROMPT if not voice else f"{TTS_SYSTEM_PROMPT} {voice.strip()}"
-    chat = loaded.new_chat()
-    chat.new_turn("system")
-    chat.add_text(system)
-    chat.end_turn()
-    chat.new_turn("user")
-    chat.add_text(text)
-    chat.end_turn()
-    chat.new_turn("assistant")
     rng = None if seed is None else torch.Generator(device=loaded.device).manual_seed(seed)
-    gen = start_generation(loaded.model, chat.model_inputs(), GenerationMode.SEQUENTIAL, max_new_tokens,
+    gen = start_generation(loaded.model, loaded.one_turn_chat(system, text=text), GenerationMode.SEQUENTIAL,
+                           max_new_tokens,
                            audio_sampling=audio_sampling, rng=rng)
     frames: list[torch.Tensor] = []
     for item in gen:
