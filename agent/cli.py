@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.errors import CliError
 from agent.log import configure_logging
 from config.loader import ConfigError, load_settings, parse_override
 from config.schema import Settings
@@ -22,14 +23,6 @@ from config.schema import Settings
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line `lfm-call: error: ...`, exit status 1."""
-
-
-class NotBuiltError(CliError):
-    """A subcommand whose feature has not been built yet (never a silent no-op)."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -117,11 +110,8 @@ def cmd_dial(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _settings(args)
-    # bench/ is a folder of the source tree (not part of an installed wheel): the suite runs from a checkout
-    try:
-        from bench import suite
-    except ImportError as exc:
-        raise CliError(f"the benchmark suite needs the source checkout (bench/ folder): {exc}") from None
+    from bench import suite
+
     # options the `bench` parser does not define yet (--out, --sections, ...) take the suite's defaults
     full = suite.namespace_with_defaults(args)
     try:

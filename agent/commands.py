@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.audio import MODEL_INPUT_RATE, MODEL_OUTPUT_RATE, PcmFrame, float32_to_int16
+from agent.errors import CliError
 from agent.model_choice import ModelChoice, ModelChoiceError, choose_model
 from agent.resample import resample_offline
 from agent.wavio import read_wav, write_wav
@@ -25,16 +26,11 @@ if TYPE_CHECKING:
     from model.engine import EngineSettings
 
 
-class CommandError(Exception):
-    """Raised for user-facing failures; the CLI prints it as one line."""
-
-
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
 def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice]:
-    from agent.cli import CliError
     from model.checkpoint import load_model
     from model.errors import ModelError
 
@@ -88,7 +84,6 @@ def _read_16k(path: Path) -> np.ndarray:
     try:
         samples, rate = read_wav(path)
     except (AudioError, OSError) as exc:
-        from agent.cli import CliError
 
         raise CliError(str(exc)) from None
     audio = resample_offline(samples.astype(np.float32) / 32768.0, rate, MODEL_INPUT_RATE)
@@ -111,7 +106,6 @@ def run_tts(settings: Settings, text: str, output: Path, voice: str | None) -> i
     try:
         audio = synthesize(loaded, text, voice=voice)
     except ValueError as exc:
-        from agent.cli import CliError
 
         raise CliError(str(exc)) from None
     write_wav(output, float32_to_int16(audio), MODEL_OUTPUT_RATE)
@@ -153,6 +147,7 @@ async def _smoke_call(loaded: LoadedModel, settings: Settings, caller_8k: np.nda
         heard: list[np.ndarray] = []
         packetizer = Packetizer(MODEL_OUTPUT_RATE, out_rate=LINE_RATE)
         results: dict[str, Any] = {}
+        position = [0]  # agent audio sent so far, in 24 kHz samples (across greeting and reply)
 
         async def play_reply(label: str) -> None:
             t0 = time.perf_counter()
@@ -161,7 +156,8 @@ async def _smoke_call(loaded: LoadedModel, settings: Settings, caller_8k: np.nda
                 event = await asyncio.wait_for(conv.events.get(), 120)
                 if isinstance(event, AgentAudio):
                     first = first if first is not None else time.perf_counter() - t0
-                    chunk = PcmFrame(float32_to_int16(event.pcm), MODEL_OUTPUT_RATE, event.frame_index * 1920)
+                    chunk = PcmFrame(float32_to_int16(event.pcm), MODEL_OUTPUT_RATE, position[0])
+                    position[0] += chunk.num_samples
                     for packet in packetizer.push(chunk):
                         heard.append(ulaw_decode(ulaw_encode(packet.samples)))
                 elif isinstance(event, ReplyFinished):

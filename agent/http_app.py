@@ -423,7 +423,7 @@ class HttpApp:
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self.metrics.observe_engine_steps(self.runtime.engine.step_seconds)
+        self.metrics.observe_engine_steps(self.runtime.engine.step_seconds, self.runtime.engine.steps)
         self.metrics.calls_active.labels("webrtc").set(len(self.transports))
         return web.Response(body=self.metrics.render(), content_type="text/plain",
                             headers={"X-Prometheus-Format": "0.0.4"})

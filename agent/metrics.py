@@ -50,12 +50,16 @@ class Metrics:
         if summary.engine_errors:
             self.engine_errors.inc(summary.engine_errors)
 
-    def observe_engine_steps(self, step_seconds: list[float]) -> None:
-        """Record the engine's step times not yet recorded (call before rendering)."""
-        new = step_seconds[self._step_seen :] if self._step_seen <= len(step_seconds) else step_seconds
-        for s in new:
+    def observe_engine_steps(self, step_seconds: list[float], total_steps: int | None = None) -> None:
+        """Record the engine's step times not yet recorded (call before rendering).
+
+        `step_seconds` holds the most recent steps (the engine trims it); `total_steps` counts all.
+        """
+        total = len(step_seconds) if total_steps is None else total_steps
+        new = max(0, min(total - self._step_seen, len(step_seconds)))
+        for s in step_seconds[len(step_seconds) - new :]:
             self.engine_step.observe(s)
-        self._step_seen = len(step_seconds)
+        self._step_seen = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

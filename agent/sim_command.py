@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.caller_leg import CallerLeg
 from agent.commands import load_for_settings
+from agent.errors import CliError
 from agent.inproc import InprocLeg
 from agent.runtime import Runtime, build_runtime
 from agent.scenario import Scenario, ScenarioError, load_scenarios
@@ -67,8 +68,6 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
 
 
 def run_simulate(settings: Settings, paths: list[str], transport: str, concurrency: int, out: Path) -> int:
-    from agent.cli import CliError
-
     try:
         scenarios = load_scenarios(paths or [str(DEFAULT_SCENARIOS)])
     except ScenarioError as exc:

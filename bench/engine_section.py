@@ -8,16 +8,22 @@ time (the baseline, same run).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from bench.common import TINY_CHECKPOINT, load_for_bench
-from bench.engine_latency import BATCH_SIZES, UTTERANCES_S, Plan, batching, end_of_turn_latency, single_call_rtf
+from bench.engine_latency import (
+    BATCH_SIZES,
+    UTTERANCES_S,
+    Plan,
+    batching,
+    end_of_turn_latency,
+    single_call_rtf,
+)
 from bench.results import Metric, Section, parse_markdown_table
 
 
-def _num(cell: str) -> float:
+def _num(cell: object) -> float:
     try:
-        return float(cell)
+        return float(str(cell))
     except ValueError:
         return float("nan")
 
@@ -29,10 +35,7 @@ async def measure(quick: bool) -> list[Section]:
     args = argparse.Namespace(checkpoint=TINY_CHECKPOINT, full_size=None, mimi_config=None, device="cpu",
                               dtype="float32", threads=1)
     loaded, label = load_for_bench(args)
-    if quick:
-        plan = Plan(2, (1.0, 4.0), (1, 4, 8), 24)
-    else:
-        plan = Plan(3, UTTERANCES_S, BATCH_SIZES, 54)
+    plan = Plan(2, (1.0, 4.0), (1, 4, 8), 24) if quick else Plan(3, UTTERANCES_S, BATCH_SIZES, 54)
     command = "lfm-call bench" + (" --quick" if quick else "")
     table_a, medians = await end_of_turn_latency(loaded, plan)
     headers_a, rows_a = parse_markdown_table(table_a)
@@ -67,12 +70,3 @@ async def measure(quick: bool) -> list[Section]:
     for s in (first, rtf, batch):
         s.notes.append("tiny checkpoint: engine overhead and scheduling, not model cost (see bench/gpu.py)")
     return [first, rtf, batch]
-
-
-def loaded_tiny() -> Any:
-    """The shared tiny checkpoint, as the engine benchmarks load it."""
-    import argparse
-
-    args = argparse.Namespace(checkpoint=TINY_CHECKPOINT, full_size=None, mimi_config=None, device="cpu",
-                              dtype="float32", threads=1)
-    return load_for_bench(args)[0]

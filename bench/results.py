@@ -156,7 +156,7 @@ def compare(baseline: Mapping[str, Mapping[str, Any]], current: Mapping[str, Met
         reg = Regression(name, float(base["value"]), metric.value, metric.unit, metric.better)
         if reg.baseline == 0 and reg.current == 0:
             continue
-        if metric.better == "lower" and reg.baseline <= 0 < reg.current or reg.slowdown > 1 + threshold:
+        if (metric.better == "lower" and reg.baseline <= 0 < reg.current) or reg.slowdown > 1 + threshold:
             out.append(reg)
     return sorted(out, key=lambda r: -r.slowdown)
 
@@ -202,10 +202,15 @@ def render_markdown(sections: Sequence[Section], header: Mapping[str, str], regr
     return text
 
 
-def parse_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
+def parse_markdown_table(text: str) -> tuple[list[str], list[list[object]]]:
     """(headers, rows) of the first Markdown table in ``text`` (as ``format_table`` writes them)."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    lines: list[str] = []
+    for ln in text.splitlines():
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            break
     if len(lines) < 2 or not re.match(r"^\|[-|]+\|$", lines[1]):
         raise ValueError("no Markdown table found")
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    return cells[0], cells[2:]
+    return cells[0], [list(row) for row in cells[2:]]

@@ -63,14 +63,15 @@ def turn_parts(call: SimCall) -> list[dict[str, float]]:
     """Per answered turn: latency at the ear and its parts (ms)."""
     out = []
     offset = offset_ms(call)
-    agent_turns = [t for t in (call.summary.turns if call.summary else []) if t.end_of_turn_ms is not None]
+    agent_turns = call.summary.turns if call.summary else []  # record.turns were made from these, in order
     for i, turn in enumerate(call.record.turns):
         latency = turn.response_latency_ms
         if latency is None or turn.end_of_turn_delay_ms is None or turn.end_of_turn_ms is None:
             continue
         parts = {"latency": latency, "endpointing": turn.end_of_turn_delay_ms}
-        if offset is not None and i < len(agent_turns) and agent_turns[i].first_audio_sent_ms is not None:
-            sent = float(agent_turns[i].first_audio_sent_ms) + offset
+        first_sent = agent_turns[i].first_audio_sent_ms if i < len(agent_turns) else None
+        if offset is not None and first_sent is not None:
+            sent = float(first_sent) + offset
             parts["agent"] = sent - turn.end_of_turn_ms
             parts["downlink"] = float(turn.agent_start_ms or 0.0) - sent
         out.append(parts)
@@ -238,12 +239,10 @@ def component_timings(loaded: Any, repeats: int) -> dict[str, float]:
 
 async def engine_first_audio(loaded: Any, repeats: int) -> dict[str, float]:
     """respond() -> first AgentAudio, 2 s utterance fed at once and prefilled (tiny model), median ms."""
-    from bench.common import first_audio_latency
-    from bench.engine_latency import make_engine
-
     import dataclasses
 
-    from bench.common import ClampedMimi
+    from bench.common import ClampedMimi, first_audio_latency
+    from bench.engine_latency import make_engine
 
     loaded = dataclasses.replace(loaded, mimi=ClampedMimi(loaded.mimi))
     out = {}

@@ -150,15 +150,19 @@ async def test_browser_calls_the_agent_and_barges_in(tiny_checkpoint_dir: Path, 
     barge = summary.barge_ins[0]
     assert barge.speech_started_ms > turn.first_audio_sent_ms
     speaking = level_between(levels, t0_ms + turn.first_audio_sent_ms + 300, t0_ms + barge.speech_started_ms + 100)
-    after = level_between(levels, t0_ms + barge.stopped_ms + 300, t0_ms + barge.stopped_ms + 900)
-    assert speaking.size and after.size
+    loud = float(np.percentile(speaking, 75)) if speaking.size else 0.0  # the random tiny model has pauses
+    assert loud > AUDIBLE_RMS, "the agent was not heard before the barge-in"
+    quiet = 0.1 * loud
+    stop_delay_ms = next((d for d in range(0, 1500, 20)
+                          if np.mean(level_between(levels, t0_ms + barge.stopped_ms + d,
+                                                   t0_ms + barge.stopped_ms + d + 300) + 0.0) < quiet), None)
     trace = [f"{(t - t0_ms - barge.stopped_ms) / 1000:+.1f}s:{np.mean(level_between(levels, t, t + 100)):.3f}"
-             for t in np.arange(t0_ms + barge.stopped_ms - 1000, t0_ms + barge.stopped_ms + 1500, 100)]
+             for t in np.arange(t0_ms + barge.stopped_ms - 500, t0_ms + barge.stopped_ms + 1500, 100)]
     print("agent level in the browser around the barge-in stop (100 ms means):", " ".join(trace))
-    print(f"agent level in the browser: {np.median(speaking):.4f} while speaking, {np.mean(after):.4f} "
-          f"after the barge-in")
-    assert np.median(speaking) > AUDIBLE_RMS
-    assert np.mean(after) < 0.25 * np.median(speaking), "the agent's audio did not stop in the browser"
+    print(f"agent level in the browser: {loud:.4f} while speaking (75th percentile); silent {stop_delay_ms} ms after "
+          f"the server stopped sending (the tiny model's reply would have gone on for seconds)")
+    # loose on timing (a loaded 2-core box: Chrome's jitter buffer grows), firm on the audio stopping
+    assert stop_delay_ms is not None and stop_delay_ms < 1000, "the agent's audio did not stop in the browser"
     kinds = {e["type"] for e in data["events"]}
     assert {"end_of_turn", "latency", "barge_in"} <= kinds
     assert "barge-in" in data["transcript"]
