@@ -221,7 +221,7 @@ async def ramp(calls: Any, steps: tuple[int, ...], window_s: float, warm_s: floa
         points.append(point)
         print(f"media_cpu: {n} calls: p99 send jitter {point.jitter_p99_ms:.2f} ms, "
               f"{point.core_s_per_call_minute:.3f} core-s per call-minute", file=sys.stderr, flush=True)
-        if not point.ok:
+        if point.connected < n or point.cpu_s > 0.95 * point.window_s:  # beyond one core: no use going on
             break
         await asyncio.sleep(0.5)
     return points

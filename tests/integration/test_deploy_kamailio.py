@@ -7,7 +7,9 @@ One test walks the whole life of a small pool, because starting the pool is most
 2. failover: one node is SIGKILLed; the next 10 calls still all succeed — INVITEs sent to the dead
    node time out (tm fr_timer), the node is marked inactive and the call goes to the other one;
 3. recovery: the node is restarted and OPTIONS probing puts it back in the rotation;
-4. drain: SIGTERM to the node holding an active call — that call's BYE (after its pause) succeeds,
+4. capacity: 2 x max_calls long calls fill both nodes (a node that is full answers 503 and Kamailio
+   tries the other one); one call more is refused with 503, counted as `reason="full"`;
+5. drain: SIGTERM to the node holding an active call — that call's BYE (after its pause) succeeds,
    new calls go to the other node, and the drained node exits 0 within server.drain_timeout_s.
 
 The nodes run `config/sip-gateway.yaml` (the production profile) with addresses moved to 127.0.0.1;
@@ -44,9 +46,11 @@ APT_LINE = ("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y
             "kamailio sip-tester")
 AUTH_TOKEN = "test-token-not-a-secret"
 DRAIN_TIMEOUT_S = 20.0
+MAX_CALLS = 6
 PING_INTERVAL_S = 1
 FR_TIMER_MS = 1500
 COMPLETED = re.compile(r'^lfmcall_calls_total\{result="completed",transport="sip"\} ([0-9.e+]+)$', re.M)
+REFUSED_FULL = re.compile(r'^lfmcall_calls_refused_total\{reason="full",transport="sip"\} ([0-9.e+]+)$', re.M)
 
 
 def require_binary(name: str) -> str:
@@ -120,7 +124,7 @@ class Node:
             "sip.trusted_sources": "[127.0.0.1/32]",
             "sip.rtp_port_min": str(self.rtp_port_min), "sip.rtp_port_max": str(self.rtp_port_min + 99),
             "http.host": "127.0.0.1", "http.port": str(self.http_port),
-            "server.max_calls": "8", "server.drain_timeout_s": str(DRAIN_TIMEOUT_S), "logging.format": "text",
+            "server.max_calls": str(MAX_CALLS), "server.drain_timeout_s": str(DRAIN_TIMEOUT_S), "logging.format": "text",
         }
         argv = [sys.executable, "-m", "agent.cli", "serve", "--config", str(PROFILE)]
         for key, value in sets.items():
@@ -136,11 +140,14 @@ class Node:
         status, body = http_get(self.url("/healthz"))
         return status, (json.loads(body) if body.startswith("{") else {})
 
-    def completed_calls(self) -> int:
+    def counter(self, pattern: re.Pattern[str]) -> int:
         status, body = http_get(self.url("/metrics"))
         assert status == 200, f"{self.name}: /metrics answered {status}"
-        match = COMPLETED.search(body)
+        match = pattern.search(body)
         return int(float(match.group(1))) if match else 0
+
+    def completed_calls(self) -> int:
+        return self.counter(COMPLETED)
 
     def active_calls(self) -> int:
         _, health = self.health()
@@ -305,7 +312,29 @@ def test_kamailio_spreads_fails_over_and_drains(pool: tuple[Kamailio, Node, Node
     node_b.wait_ready()
     kamailio.wait_states({"node-b": "A"}, timeout_s=15)
 
-    # 4. drain: SIGTERM on the node holding an active call
+    # 4. capacity: fill both nodes, then one call too many
+    filling = subprocess.Popen(sipp_argv(kamailio, calls=2 * MAX_CALLS, rate=20, hold_ms=6000), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for("both nodes full", lambda: node_a.active_calls() + node_b.active_calls() == 2 * MAX_CALLS, 15,
+                 lambda: f"a={node_a.health()} b={node_b.health()}")
+        assert all(node.health()[1].get("accepting") is False for node in (node_a, node_b))
+        refused_before = node_a.counter(REFUSED_FULL) + node_b.counter(REFUSED_FULL)
+        rc, out = run_sipp(sipp_argv(kamailio, calls=1, rate=1, hold_ms=500), tmp_path)
+        assert rc != 0, "a call was answered although every node was full"
+        errors = "".join(p.read_text(errors="replace") for p in tmp_path.glob("uac_via_proxy_*_errors.log"))
+        assert "SIP/2.0 503 Service Unavailable - no agent node" in errors, f"{out}\n{errors[-2000:]}"
+        assert node_a.counter(REFUSED_FULL) + node_b.counter(REFUSED_FULL) > refused_before
+        out_fill, _ = filling.communicate(timeout=40)
+        assert filling.returncode == 0, f"filling the nodes failed:\n{out_fill.decode()[-3000:]}"
+    finally:
+        if filling.poll() is None:
+            filling.kill()
+            filling.wait(5)
+    kamailio.wait_states({"node-a": "A", "node-b": "A"}, timeout_s=15)  # full nodes answered 503: back now
+    print(f"capacity: {2 * MAX_CALLS} calls filled both nodes, the next one got 503")
+
+    # 5. drain: SIGTERM on the node holding an active call
     long_call = subprocess.Popen(sipp_argv(kamailio, calls=1, rate=1, hold_ms=6000), cwd=tmp_path,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:

@@ -30,6 +30,7 @@ class FakeChoice:
 @dataclass
 class FakeEngine:
     step_seconds: list[float] = field(default_factory=lambda: [0.004, 0.006])
+    steps: int = 2
 
 
 @dataclass
