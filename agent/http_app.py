@@ -420,7 +420,8 @@ class HttpApp:
             "sip": self.gateway is not None,
             "auth": self.auth,
         }
-        return web.json_response(body, status=200 if ok else 503)
+        # 503 when not taking calls (draining or full): load balancers send calls elsewhere
+        return web.json_response(body, status=200 if body["accepting"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.observe_engine_steps(self.runtime.engine.step_seconds, self.runtime.engine.steps)

@@ -341,6 +341,7 @@ class CallSession:
                       reason=ev.reason.value)
             elif isinstance(ev, InterruptionSuspected):
                 self.playout.hold()
+                self._flush_transport()
                 self._held_since = now
                 event(log, "turn.interruption_suspected", at_ms=ev.at_ms)
             elif isinstance(ev, FalseInterruption):
@@ -355,6 +356,12 @@ class CallSession:
             elif isinstance(ev, (AgentStartedSpeaking, AgentFinishedSpeaking)):
                 event(log, "turn.agent_" + ("started" if isinstance(ev, AgentStartedSpeaking) else "finished"),
                       at_ms=ev.at_ms)
+
+    def _flush_transport(self) -> None:
+        """Drop agent audio already queued inside the transport (SIP, WebRTC), where it can."""
+        flush = getattr(self.transport, "flush", None)
+        if callable(flush):
+            flush()
 
     def _start_answer(self, speech_ended_ms: int, end_of_turn_ms: int | None) -> TurnMetrics:
         epoch = self.coordinator.begin_response()
@@ -386,9 +393,7 @@ class CallSession:
         self._held_since = None
         interruption = self.coordinator.barge_in(now)
         cleared = interruption.cleared
-        flush = getattr(self.transport, "flush", None)  # drop agent audio queued in the transport too
-        if callable(flush):
-            flush()
+        self._flush_transport()
         metrics = BargeInMetrics(ev.speech_started_ms, now, held_at, cleared.played_frames)
         self.summary.barge_ins.append(metrics)
         turn = self._turn_by_epoch.get(cleared.epoch)

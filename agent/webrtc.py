@@ -305,6 +305,12 @@ class WebRtcTransport:
         if not self._closed:
             self.outbound.push(samples)
 
+    def flush(self) -> int:
+        """Drop agent audio queued for sending (barge-in): the caller must not hear it. Returns packets."""
+        packets = len(self.outbound.fifo) // self.outbound.packet_samples
+        self.outbound.fifo.clear()
+        return packets
+
     def hang_up(self, reason: str) -> None:
         self.send_event({"type": "hangup", "reason": reason})
         self._finish(f"agent: {reason}")

@@ -120,6 +120,9 @@ async def measure(quick: bool, out_dir: Path | None, checkpoint: Path, loaded: A
             "pacing and jitter buffer, resampling, loopback network, the ear's 20 ms detection step)",
             f"{calls_per_config} calls of 2 questions per configuration, 2 calls at a time; tiny replies capped at "
             f"{REPLY_MS} ms",
+            "agent-side and caller-side times share one timeline through the call's start offset (as the "
+            "simulator merges them); the caller's clock is its packet count, so a stalled event loop shows as a "
+            "few tens of ms of error (a negative downlink)",
         ],
     )
     section.metrics = {

@@ -154,6 +154,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from agent.report import atomic_write_json
 
         atomic_write_json(args.save_baseline, baseline_document(sections, command_line(argv), args.quick))
+        args.save_baseline.chmod(0o644)  # a file to commit, not a private temporary one
         _say(f"bench: baseline written to {args.save_baseline}")
     _say(f"bench: wrote {args.out / 'bench.md'} and {args.out / 'bench.json'}"
          + (f"; {len(doc['regressions'])} metric(s) slower than the baseline" if doc["regressions"] else ""))

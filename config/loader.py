@@ -216,6 +216,11 @@ def _check_cross_field(s: Settings, sources: str) -> None:
             f"{sources}: turn.false_interruption_timeout_ms ({s.turn.false_interruption_timeout_ms}) must "
             f"exceed turn.barge_in_min_speech_ms ({s.turn.barge_in_min_speech_ms})"
         )
+    if s.sip.enabled and s.sip.listen_host in ("0.0.0.0", "::") and not s.sip.advertised_address:
+        raise ConfigError(
+            f"{sources}: sip.advertised_address: expected the address callers reach this node at "
+            f"(sip.listen_host is {s.sip.listen_host!r}, which cannot go into Contact, Via and SDP)"
+        )
     if s.vad.stop_threshold > s.vad.start_threshold:
         raise ConfigError(
             f"{sources}: vad.stop_threshold ({s.vad.stop_threshold}) must not exceed "

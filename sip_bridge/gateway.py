@@ -125,6 +125,7 @@ class SipGateway:
             auth_users={s.auth_username: s.auth_password} if creds else {},
             credentials=creds,
             media_preferences=self.preferences,
+            is_full=lambda: self.calls.free_slots <= self._answered_waiting(),
         )
         self.ua = UserAgent(config)
         self.endpoint = SipUdpEndpoint(self.ua, self._on_event, self._count_bad, self._sync_stats)
@@ -230,10 +231,13 @@ class SipGateway:
             self.registered = False
             event(log, "sip.registration_failed", logging.WARNING, aor=ev.aor, status=ev.status_code, reason=ev.reason)
 
+    def _answered_waiting(self) -> int:
+        """Calls answered (or being answered) whose session has not started yet: they hold slots."""
+        return sum(1 for c in self._calls.values() if c.task is None)
+
     def _admit(self) -> None:
         self.calls.check_admission()
-        waiting = sum(1 for c in self._calls.values() if c.task is None)
-        if waiting >= self.calls.free_slots:
+        if self._answered_waiting() >= self.calls.free_slots:
             self.calls.counters.refused_full += 1
             raise CallRefused("full")
 

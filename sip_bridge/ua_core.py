@@ -56,6 +56,7 @@ class UaConfig:
     timers: TimerConfig = field(default_factory=TimerConfig)
     max_calls: int | None = None
     is_allowed: Callable[[Addr], bool] | None = None  # None: every source may call
+    is_full: Callable[[], bool] | None = None  # the application is at capacity: OPTIONS get 503
     auth_realm: str = "lfm-call"
     auth_users: Mapping[str, str] = field(default_factory=dict)  # digest for disallowed sources
     auth_secret: bytes = b""  # nonce MAC key; random when empty

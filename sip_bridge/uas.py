@@ -92,8 +92,9 @@ class UasSide(UaCore):
             self._handle_in_dialog(request, txn, now)
         elif request.method == "INVITE":
             self._handle_new_invite(request, txn, addr, now)
-        elif request.method == "OPTIONS":
-            self.respond(txn, 503 if self._refusing() else 200, now)
+        elif request.method == "OPTIONS":  # a load balancer's health probe: 503 sends calls elsewhere
+            full = self.config.is_full is not None and self.config.is_full()
+            self.respond(txn, 503 if self._refusing() or full else 200, now)
         elif request.method in ("BYE", "INFO"):
             self.respond(txn, 481, now)
         elif request.method in KNOWN_METHODS:

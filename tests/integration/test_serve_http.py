@@ -157,7 +157,7 @@ async def test_capacity_and_draining_answer_503(open_client: Any) -> None:
     assert resp.status == 503 and (await resp.json())["reason"] == "full"
     health = await client.get("/healthz")
     body = await health.json()
-    assert health.status == 200 and body["accepting"] is False and body["active_calls"] == 1
+    assert health.status == 503 and body["accepting"] is False and body["active_calls"] == 1
     app.calls.active.clear()
     app.calls.draining = True
     resp = await client.post("/offer", json={"sdp": OFFER, "type": "offer"})

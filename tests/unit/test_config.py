@@ -101,3 +101,11 @@ def test_missing_file_and_cross_field(tmp_path: Path) -> None:
 def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         parse_override("listen_port")
+
+
+def test_wildcard_sip_listen_address_needs_an_advertised_address(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sip.advertised_address: expected the address callers reach"):
+        load_settings(write(tmp_path, "sip: {enabled: true, listen_host: 0.0.0.0}\n"), environ={})
+    ok = load_settings(write(tmp_path, "sip: {enabled: true, listen_host: 0.0.0.0, advertised_address: 10.0.0.5}\n"),
+                       environ={})
+    assert ok.sip.advertised_address == "10.0.0.5"

@@ -36,7 +36,8 @@ SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_?KEY", re.I)
 
 
 def gateway() -> Settings:
-    return load_settings(PROFILE, environ={})
+    # the profile listens on 0.0.0.0: each node must say where it is reached (a start-up error otherwise)
+    return load_settings(PROFILE, environ={"LFMCALL_SIP__ADVERTISED_ADDRESS": "10.0.0.5"})
 
 
 # --- Dockerfiles ------------------------------------------------------------------------------------
