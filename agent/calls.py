@@ -79,12 +79,13 @@ class CallManager:
         return f"{prefix}-{next(self._ids)}-{secrets.token_hex(3)}"
 
     async def run_call(self, transport: CallTransport, call_id: str | None = None,
-                       options: SessionOptions | None = None) -> CallSummary:
+                       options: SessionOptions | None = None, external_id: str = "") -> CallSummary:
         """Run one call to its end. Raises CallRefused when at capacity or draining."""
         self.check_admission()
         call_id = call_id or self.new_call_id()
         conversation = self.engine.open(self.instructions)
-        session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options)
+        session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options,
+                              external_id=external_id)
         self.active[call_id] = session
         self._idle.clear()
         self.counters.started += 1

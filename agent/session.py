@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 PACKET_MS = 20
 FRAME_SAMPLES_16K = 1280
 PREROLL_KEEP_MS = 3000
-MAX_AUDIO_LAG_MS = 400
+MAX_AUDIO_LAG_MS = 1000
+OFFSET_WINDOW_MS = 2000
 
 
 @dataclass
@@ -106,6 +107,7 @@ class BargeInMetrics:
 class CallSummary:
     call_id: str
     started_at: float
+    external_id: str = ""  # the transport's own id of the call (e.g. the SIP Call-ID)
     duration_ms: int = 0
     turns: list[TurnMetrics] = field(default_factory=list)
     barge_ins: list[BargeInMetrics] = field(default_factory=list)
@@ -155,7 +157,7 @@ class CallSession:
 
     def __init__(self, call_id: str, transport: CallTransport, conversation: CallConversation,
                  detector: VoiceDetector, options: SessionOptions | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, external_id: str = "") -> None:
         self.call_id = call_id
         self.transport = transport
         self.conv = conversation
@@ -172,12 +174,13 @@ class CallSession:
         self._ref_resampler = StreamingResampler(MODEL_OUTPUT_RATE, MODEL_INPUT_RATE)
         self._packetizer = Packetizer(MODEL_OUTPUT_RATE, out_rate=rate, packet_ms=PACKET_MS)
         self._silence_24k = np.zeros(MODEL_OUTPUT_RATE * PACKET_MS // 1000, np.int16)
-        self.summary = CallSummary(call_id, time.time())
+        self.summary = CallSummary(call_id, time.time(), external_id)
         self._in_samples = 0  # caller audio received, in 16 kHz samples
         self._out_samples = 0  # agent audio sent, in 16 kHz samples (reference timeline)
         self._out_24k = 0  # agent audio sent, in 24 kHz samples
         self._held_since: int | None = None
         self._audio_offset: int | None = None  # audio time minus wall time, least delayed packet
+        self._offsets: deque[tuple[int, int]] = deque()  # (wall ms, offset) of recent packets
         self._tt_last = 0
         self._early: TurnMetrics | None = None  # answer started on EndOfTurnPredicted, held
         self._pause_frames: list[Int16Array] = []  # caller audio since then (fed if the turn goes on)
@@ -255,8 +258,13 @@ class CallSession:
         heard: Int16Array | np.ndarray = pcm
         if self.gate is not None:
             heard = self.gate.process(pcm, start_ms).cleaned
-        offset = end_ms - now  # audio time minus wall time; the largest seen is the least delayed
-        self._audio_offset = offset if self._audio_offset is None else max(self._audio_offset, offset)
+        # audio time minus wall time; the largest recent one is the least delayed packet. Recent only:
+        # a transport that conceals losses or drops late packets moves the audio clock against the wall
+        offset = end_ms - now
+        self._offsets.append((now, offset))
+        while self._offsets and self._offsets[0][0] < now - OFFSET_WINDOW_MS:
+            self._offsets.popleft()
+        self._audio_offset = max(o for _, o in self._offsets)
         tt = self._turn_time(now)
         for vad_event in self.vad.feed(heard, start_ms):
             self._track_vad(vad_event)

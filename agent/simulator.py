@@ -15,7 +15,6 @@ import asyncio
 import logging
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ MAX_PENDING_PACKETS = 6  # agent packets queued at the caller beyond this are la
 UTTERANCE_MARGIN_MS = 300
 NOMINAL_LEVEL_DBFS = -26.0
 
-SummaryLookup = Callable[[float], "CallSummary | None"]
+SummaryLookup = Callable[[float, "str | None"], "CallSummary | None"]
 
 
 @dataclass
@@ -73,9 +72,8 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
     sent: list[Int16Array] = []
     heard_parts: list[Int16Array] = []
     silence = np.zeros(LEG_PACKET_SAMPLES, np.int16)
-    pending: deque[Int16Array] = deque()
+    received = np.zeros(0, np.int16)
     late = 0
-    started_wall = time.time()
     try:
         await leg.connect()
     except Exception as exc:
@@ -83,6 +81,7 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
         return record
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    started_wall = time.time()  # the caller's timeline starts now, when the call is answered
     k = 0
     timeout_ms = int(scenario.timeout_s * 1000)
     while True:
@@ -90,11 +89,16 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
         delay = t0 + now_ms / 1000 - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        pending.extend(leg.receive_audio())
-        while len(pending) > MAX_PENDING_PACKETS:
-            pending.popleft()
-            late += 1
-        agent_packet = pending.popleft() if pending else None
+        # legs deliver whatever sizes their transport decodes: re-cut into 20 ms packets
+        for part in leg.receive_audio():
+            received = np.concatenate([received, part]) if received.size else part
+        excess = received.size - MAX_PENDING_PACKETS * LEG_PACKET_SAMPLES
+        if excess > 0:
+            received = received[excess:]
+            late += -(-excess // LEG_PACKET_SAMPLES)
+        agent_packet = None
+        if received.size >= LEG_PACKET_SAMPLES:
+            agent_packet, received = received[:LEG_PACKET_SAMPLES], received[LEG_PACKET_SAMPLES:]
         heard = line.downlink(agent_packet, now_ms)
         tick = script.tick(now_ms, heard)
         caller_packet = tick.packet if tick.packet is not None and not tick.record_only else None
@@ -124,7 +128,7 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
     record.line_stats = {"uplink": vars(line.uplink_stats), "downlink": vars(line.downlink_stats),
                          "late_at_caller": late}
     await asyncio.sleep(0.05)
-    summary = summary_of(started_wall)
+    summary = summary_of(started_wall, getattr(leg, "call_id", None))
     if summary is None:
         record.error = record.error or "no agent-side summary for this call"
     else:
@@ -174,10 +178,16 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
 
 
 def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:
-    """Match a simulated call to the agent's summary by start time (calls start staggered)."""
+    """Match a simulated call to the agent's summary: by the call's id when the leg knows it (the
+    agent's call id, or the transport's own, e.g. the SIP Call-ID), else by start time."""
     claimed: set[int] = set()
 
-    def lookup(started_wall: float) -> CallSummary | None:
+    def lookup(started_wall: float, leg_call_id: str | None) -> CallSummary | None:
+        if leg_call_id:
+            for s in manager_summaries:
+                if id(s) not in claimed and leg_call_id in (s.call_id, s.external_id):
+                    claimed.add(id(s))
+                    return s
         best: CallSummary | None = None
         for s in manager_summaries:
             if id(s) in claimed or s.started_at < started_wall - 0.5:

@@ -157,7 +157,9 @@ class SipGateway:
             self.endpoint.pump()
         tasks = [c.task for c in self._calls.values() if c.task is not None] + list(self._tasks)
         if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for task in pending:
+                task.cancel()
         for call in list(self._calls.values()):
             await self._cleanup(call, None)
         self.endpoint.close()
@@ -270,7 +272,8 @@ class SipGateway:
                                 local_port=port, session_id=secrets.randbits(31), preferences=self.preferences)
 
     async def _answer(self, call: _GatewayCall, offer: bytes) -> None:
-        assert self.ua is not None and self.endpoint is not None
+        if self.ua is None or self.endpoint is None:  # the gateway stopped first
+            return
         if self.answer_delay_s > 0:
             self.ua.ring(call.call_id, self.endpoint.now)
             self.endpoint.pump()
@@ -284,6 +287,9 @@ class SipGateway:
         except OSError as exc:
             event(log, "sip.no_rtp_port", logging.ERROR, error=str(exc))
             self._reject_if_incoming(call, 503)
+            await self._cleanup(call, None)
+            return
+        if self.ua is None:  # the gateway stopped while the RTP socket was being opened
             await self._cleanup(call, None)
             return
         ua_call = self.ua.calls.get(call.call_id)
@@ -349,7 +355,8 @@ class SipGateway:
             with call_context(call.agent_call_id):
                 event(log, "sip.call_running", sip_call_id=call.call_id, codec=call.media.negotiated.codec.name,
                       remote=str(call.media.remote_address))
-                summary = await self.calls.run_call(call.transport, call_id=call.agent_call_id)
+                summary = await self.calls.run_call(call.transport, call_id=call.agent_call_id,
+                                                    external_id=call.call_id)
             self.metrics.observe_call(summary, TRANSPORT_LABEL)
         except CallRefused as exc:
             self.metrics.calls_refused.labels(TRANSPORT_LABEL, exc.reason).inc()
