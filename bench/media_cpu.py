@@ -94,7 +94,8 @@ class LoopbackBaselineCalls:
         self._ids += 1
         return f"{prefix}-loop-{self._ids}"
 
-    async def run_call(self, transport: CallTransport, call_id: str | None = None) -> CallSummary:
+    async def run_call(self, transport: CallTransport, call_id: str | None = None,
+                       external_id: str = "") -> CallSummary:
         call_id = call_id or self.new_call_id()
         self.active[call_id] = transport
         self.transports.append(transport)
@@ -130,9 +131,9 @@ class TransportRecorder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._calls, name)
 
-    async def run_call(self, transport: Any, call_id: str | None = None) -> Any:
+    async def run_call(self, transport: Any, call_id: str | None = None, external_id: str = "") -> Any:
         self.transports.append(transport)
-        return await self._calls.run_call(transport, call_id=call_id)
+        return await self._calls.run_call(transport, call_id=call_id, external_id=external_id)
 
 
 # -- measuring -------------------------------------------------------------------------------------

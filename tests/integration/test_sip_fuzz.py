@@ -27,8 +27,8 @@ from tests.integration.sip.helpers import invite_text, running_gateway
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SEED = 20240611
-SIP_CASES = 6000
-RTP_CASES = 5000
+SIP_CASES = 10000
+RTP_CASES = 10000
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
