@@ -66,8 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from agent.sim_command import run_simulate
 
-    code: int = run_simulate(_settings(args), list(args.scenarios), args.transport, args.concurrency,
-                             Path(args.out))
+    concurrency = args.concurrency or {"inproc": 4, "sip": 2, "webrtc": 1}[args.transport]
+    code: int = run_simulate(_settings(args), list(args.scenarios), args.transport, concurrency, Path(args.out))
     return code
 
 
@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", cmd_simulate, "run scripted call simulations and write a report")
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO.yaml")
     p.add_argument("--transport", default="inproc", choices=["inproc", "webrtc", "sip"])
-    p.add_argument("--concurrency", type=int, default=4, help="calls at once (default 4)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="calls at once (default: inproc 4, sip 2, webrtc 1 — both ends of every call run "
+                        "in this process)")
     p.add_argument("--out", default="runs/latest", metavar="DIR")
     _add_model(p)
     p = add("dial", cmd_dial, "place an outbound SIP call to a URI and talk to the callee")
@@ -223,8 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
             "offline smoke run: agent reply to a spoken question through the G.711 line path")
     p.add_argument("--out", default="runs/smoke", metavar="DIR")
     _add_model(p)
-    p = add("bench", cmd_bench, "run the benchmark suite")
-    p.add_argument("--quick", action="store_true")
+    p = add("bench", cmd_bench, "run the benchmark suite (BENCHMARKS.md tables and JSON)")
+    from bench.suite import add_arguments
+
+    add_arguments(p)
     p = add("config", cmd_config, "print the effective settings after all layers")
     return parser
 
