@@ -34,7 +34,7 @@ def test_simulate_ships_scenarios_that_pass_and_writes_artifacts(demo_checkpoint
     env = dict(os.environ, LFM_CALL_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
         [sys.executable, "-m", "agent.cli", "simulate", *paths, "--model", str(demo_checkpoint),
-         "--concurrency", "3", "--out", str(out), "--log-level", "WARNING"],
+         "--concurrency", "2", "--out", str(out), "--log-level", "WARNING"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert f"model used: checkpoint folder {demo_checkpoint}" in proc.stderr
