@@ -260,7 +260,7 @@ class CallMedia:
     def send_pcm(self, samples: Int16Array) -> None:
         """Queue one 20 ms packet at the transport rate (never blocks)."""
         if not self._closed:
-            self.pacer.enqueue(samples)
+            self.pacer.enqueue(samples, droppable=not samples.any())
 
     def flush_output(self) -> int:
         """Drop queued outgoing audio at once (barge-in); returns the packets dropped."""

@@ -17,13 +17,15 @@ T = TypeVar("T")
 
 
 class PacedSender(Generic[T]):
-    def __init__(self, start_s: float, *, packet_ms: int = 20, max_queue: int = 25, max_burst: int = 5) -> None:
+    def __init__(self, start_s: float, *, packet_ms: int = 20, max_queue: int = 25, max_burst: int = 5,
+                 high_water: int = 2) -> None:
         if packet_ms <= 0 or max_queue < 1 or max_burst < 1:
             raise ValueError(f"bad pacer settings: packet {packet_ms} ms, queue {max_queue}, burst {max_burst}")
         self.start_s = start_s
         self.packet_s = packet_ms / 1000
         self.max_queue = max_queue
         self.max_burst = max_burst
+        self.high_water = high_water
         self.sent_ticks = 0  # deadlines handled so far
         self.skipped_last = 0  # deadlines the last ``due`` skipped (the stream clock must still advance)
         self._queue: deque[T] = deque()
@@ -37,7 +39,13 @@ class PacedSender(Generic[T]):
     def queued(self) -> int:
         return len(self._queue)
 
-    def enqueue(self, item: T) -> None:
+    def enqueue(self, item: T, droppable: bool = False) -> None:
+        """Queue one packet. A `droppable` one (silence) is dropped when `high_water` packets already
+        wait: the producer and the pacer run at the same rate, so a backlog left by a burst would
+        otherwise add latency for the rest of the call; silence is where it drains."""
+        if droppable and len(self._queue) >= self.high_water:
+            self.stats["silence_dropped"] += 1
+            return
         if len(self._queue) >= self.max_queue:
             self._queue.popleft()
             self.stats["overflow_dropped"] += 1

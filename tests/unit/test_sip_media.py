@@ -269,3 +269,16 @@ async def test_media_rtp_timeout_fires_once_unless_on_hold() -> None:
     held._check_receive(clock.t + 60.0)
     assert seen_held["timeout"] == []
     await asyncio.sleep(0)
+
+
+def test_pacer_drains_a_backlog_through_silence_but_keeps_speech() -> None:
+    pacer: PacedSender[int] = PacedSender(0.0, max_queue=25, high_water=2)
+    for k in range(6):  # a burst of speech: all kept, however deep
+        pacer.enqueue(k)
+    assert pacer.queued == 6
+    pacer.enqueue(-1, droppable=True)  # silence arriving over the high-water mark: dropped
+    assert pacer.queued == 6 and pacer.stats["silence_dropped"] == 1
+    for _ in range(5):
+        pacer.take()
+    pacer.enqueue(-2, droppable=True)  # one waits: below the mark, silence is kept (no gap)
+    assert pacer.queued == 2 and pacer.take() == 5 and pacer.take() == -2
