@@ -209,6 +209,7 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
                                  "scenarios": [s.name for s in scenarios]})
     rendered = [await render_audio(s, cache_dir) for s in scenarios]
     gate = asyncio.Semaphore(max(1, concurrency))
+    artifacts_lock = asyncio.Lock()  # one timeline at a time (matplotlib is not thread-safe)
     results: list[CallRecord | None] = [None] * len(scenarios)
 
     async def one(i: int, scenario: Scenario) -> None:
@@ -219,7 +220,9 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
             _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: calling over {leg.description}")
             record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of)
             results[i] = record
-            write_call_artifacts(out_dir, record)
+            # rendering the timeline takes a few hundred ms: off the event loop, where other calls run
+            async with artifacts_lock:
+                await asyncio.to_thread(write_call_artifacts, out_dir, record)
             verdict = "PASS" if record.passed else "FAIL"
             failed = [f"{e.name} (got {e.actual})" for e in record.expectations if not e.ok]
             detail = f" error: {record.error}" if record.error else ""
