@@ -140,7 +140,8 @@ class SummaryDiffer:
             out.append({"type": "end_of_turn", "at_ms": at_ms})
         self._eot = len(summary.end_of_turns)
         for turn in summary.turns:
-            now = (turn.first_audio_sent_ms, turn.text_heard, turn.interrupted)
+            # live: the text generated so far; once the reply is over, what the caller heard
+            now = (turn.first_audio_sent_ms, turn.text_heard or turn.text_generated, turn.interrupted)
             before = self._turns.get(turn.epoch)
             if before is None:
                 out.append({"type": "agent_turn", "epoch": turn.epoch, "end_of_turn_ms": turn.end_of_turn_ms})
@@ -149,7 +150,7 @@ class SummaryDiffer:
                 out.append({"type": "latency", "epoch": turn.epoch, "first_audio_ms": now[0],
                             "latency_ms": turn.response_latency_ms})
             if now[1] != before[1] or now[2] != before[2]:
-                out.append({"type": "agent_text", "epoch": turn.epoch, "text": turn.text_heard,
+                out.append({"type": "agent_text", "epoch": turn.epoch, "text": now[1],
                             "interrupted": turn.interrupted})
             self._turns[turn.epoch] = now
         for b in summary.barge_ins[self._barge:]:

@@ -427,6 +427,9 @@ class CallSession:
             if isinstance(ev, AgentAudio):
                 old = self._text_by_epoch.get(ev.tag, "")
                 self._text_by_epoch[ev.tag] = ev.text
+                live = self._turn_by_epoch.get(ev.tag)
+                if live is not None and not live.text_heard:
+                    live.text_generated = ev.text  # the transcript so far, while the reply plays
                 delta = ev.text[len(old):] if ev.text.startswith(old) else ev.text
                 self.playout.push(float32_to_int16(ev.pcm), ev.tag, ev.frame_index, delta)
             elif isinstance(ev, ReplyFinished):

@@ -91,3 +91,16 @@ def test_summary_differ_reports_each_change_once() -> None:
     turn.text_heard = "hello there"
     assert differ.diff(summary) == [{"type": "agent_text", "epoch": 1, "text": "hello there", "interrupted": True}]
     assert differ.diff(dataclasses.replace(summary)) == []
+
+
+def test_summary_differ_streams_the_agent_text_as_it_is_generated() -> None:
+    summary = CallSummary("c-2", 0.0)
+    turn = TurnMetrics(epoch=3, speech_ended_ms=1000, end_of_turn_ms=2200)
+    summary.turns.append(turn)
+    differ = SummaryDiffer()
+    differ.diff(summary)
+    for text in ("Your table", "Your table is booked"):
+        turn.text_generated = text
+        assert differ.diff(summary) == [{"type": "agent_text", "epoch": 3, "text": text, "interrupted": False}]
+    turn.text_heard = "Your table is booked."  # the reply finished: what was heard wins
+    assert differ.diff(summary)[0]["text"] == "Your table is booked."
