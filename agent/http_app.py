@@ -140,8 +140,10 @@ class SummaryDiffer:
             out.append({"type": "end_of_turn", "at_ms": at_ms})
         self._eot = len(summary.end_of_turns)
         for turn in summary.turns:
-            # live: the text generated so far; once the reply is over, what the caller heard
-            now = (turn.first_audio_sent_ms, turn.text_heard or turn.text_generated, turn.interrupted)
+            # live: the text generated so far (once its audio has started: an answer held until the end
+            # of turn is not shown); once the reply is over, what the caller heard
+            live = turn.text_generated if turn.first_audio_sent_ms is not None else ""
+            now = (turn.first_audio_sent_ms, turn.text_heard or live, turn.interrupted)
             before = self._turns.get(turn.epoch)
             if before is None:
                 out.append({"type": "agent_turn", "epoch": turn.epoch, "end_of_turn_ms": turn.end_of_turn_ms})
@@ -153,6 +155,10 @@ class SummaryDiffer:
                 out.append({"type": "agent_text", "epoch": turn.epoch, "text": now[1],
                             "interrupted": turn.interrupted})
             self._turns[turn.epoch] = now
+        current = {turn.epoch for turn in summary.turns}
+        for epoch in [e for e in self._turns if e not in current]:  # an early answer withdrawn
+            out.append({"type": "agent_withdrawn", "epoch": epoch})
+            del self._turns[epoch]
         for b in summary.barge_ins[self._barge:]:
             out.append({"type": "barge_in", "speech_started_ms": b.speech_started_ms, "at_ms": b.detected_ms,
                         "stopped_ms": b.stopped_ms, "played_frames": b.played_frames})

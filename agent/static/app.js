@@ -94,6 +94,11 @@
         if (latency) li.appendChild(latency);
         break;
       }
+      case "agent_withdrawn": {  // the caller only paused: the early answer was never heard
+        const li = agentItems.get(ev.epoch);
+        if (li) { li.remove(); agentItems.delete(ev.epoch); }
+        break;
+      }
       case "barge_in":
         addItem("mark", "barge-in: agent stopped at " + (ev.stopped_ms / 1000).toFixed(2) + " s");
         ui.bargeIn.hidden = false;

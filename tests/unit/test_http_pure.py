@@ -99,8 +99,23 @@ def test_summary_differ_streams_the_agent_text_as_it_is_generated() -> None:
     summary.turns.append(turn)
     differ = SummaryDiffer()
     differ.diff(summary)
+    turn.text_generated = "held"  # generated while held before the end of turn: not shown yet
+    assert differ.diff(summary) == []
+    turn.first_audio_sent_ms = 2220
+    differ.diff(summary)
     for text in ("Your table", "Your table is booked"):
         turn.text_generated = text
         assert differ.diff(summary) == [{"type": "agent_text", "epoch": 3, "text": text, "interrupted": False}]
     turn.text_heard = "Your table is booked."  # the reply finished: what was heard wins
     assert differ.diff(summary)[0]["text"] == "Your table is booked."
+
+
+def test_summary_differ_withdraws_an_answer_that_was_never_heard() -> None:
+    summary = CallSummary("c-3", 0.0)
+    turn = TurnMetrics(epoch=2, speech_ended_ms=1000, end_of_turn_ms=None, text_generated="Sure")
+    summary.turns.append(turn)
+    differ = SummaryDiffer()
+    assert [e["type"] for e in differ.diff(summary)] == ["agent_turn"]  # held: no text shown
+    summary.turns.remove(turn)  # the caller went on talking: the session withdrew the early answer
+    assert differ.diff(summary) == [{"type": "agent_withdrawn", "epoch": 2}]
+    assert differ.diff(summary) == []
