@@ -58,7 +58,7 @@ from agent.log import event, set_call_id
 from agent.playout import BargeInCoordinator, Playout, PlayoutSettings
 from agent.resample import StreamingResampler
 from agent.transport import AudioReceived, CallTransport, DtmfReceived, HungUp, Int16Array
-from agent.turn_taking import TurnTaking, TurnTakingSettings
+from agent.turn_taking import TurnState, TurnTaking, TurnTakingSettings
 from agent.vad import VadSettings as TrackerSettings
 from agent.vad import VadTracker, VoiceDetector
 from config.schema import Settings
@@ -126,6 +126,7 @@ class SessionOptions:
     greeting: str = ""
     echo_gate: bool = True
     speech_preroll_ms: int = 240
+    dtmf_end_of_input_ms: int = 1500
     turn: TurnTakingSettings = field(default_factory=TurnTakingSettings)
     vad: TrackerSettings = field(default_factory=TrackerSettings)
     playout: PlayoutSettings = field(default_factory=PlayoutSettings)
@@ -137,6 +138,7 @@ class SessionOptions:
             greeting=settings.model.greeting,
             echo_gate=t.echo_gate,
             speech_preroll_ms=t.speech_preroll_ms,
+            dtmf_end_of_input_ms=t.dtmf_end_of_input_ms,
             turn=TurnTakingSettings(
                 end_of_turn_silence_ms=t.end_of_turn_silence_ms,
                 barge_in_min_speech_ms=t.barge_in_min_speech_ms,
@@ -182,6 +184,8 @@ class CallSession:
         self._audio_offset: int | None = None  # audio time minus wall time, least delayed packet
         self._offsets: deque[tuple[int, int]] = deque()  # (wall ms, offset) of recent packets
         self._tt_last = 0
+        self._dtmf_digits = ""
+        self._dtmf_last_ms = 0
         self._early: TurnMetrics | None = None  # answer started on EndOfTurnPredicted, held
         self._pause_frames: list[Int16Array] = []  # caller audio since then (fed if the turn goes on)
         self._recent: deque[tuple[int, Int16Array]] = deque()  # (16 kHz start sample, samples)
@@ -239,6 +243,7 @@ class CallSession:
             elif isinstance(ev, DtmfReceived):
                 self.summary.dtmf += ev.digit
                 event(log, "call.dtmf", digit=ev.digit)
+                self._on_dtmf(ev.digit, self.now_ms())
             elif isinstance(ev, HungUp):
                 self.end(f"caller: {ev.reason}")
                 return
@@ -379,6 +384,36 @@ class CallSession:
         self.conv.respond(tag=epoch)
         return metrics
 
+    # -- DTMF: keys stop the agent, the digits reach the model as text --------------------------------------
+    def _on_dtmf(self, digit: str, now: int) -> None:
+        if self._early is not None:  # keys during a pause: the caller's turn goes on
+            self._withdraw_early_answer(now)
+        elif self.turns.agent_audio_playing or self.turns.state is TurnState.AGENT_THINKING:
+            # callers key ahead of a prompt: stop the agent now, keep what was heard
+            interruption = self.coordinator.barge_in(now)
+            self._flush_transport()
+            turn = self._turn_by_epoch.get(interruption.cleared.epoch)
+            if turn is not None:
+                turn.interrupted = True
+            future = self.conv.request_interrupt(interruption.cleared.played_frames)
+            asyncio.get_running_loop().create_task(self._interrupt_result(future, turn))
+        self._dtmf_digits += digit
+        self._dtmf_last_ms = now
+        if digit == "#":
+            self._end_dtmf_input(now)
+
+    def _end_dtmf_input(self, now: int) -> None:
+        """The digits go into the caller's turn; the agent answers unless the caller is speaking."""
+        digits, self._dtmf_digits = self._dtmf_digits, ""
+        if not digits:
+            return
+        self.conv.add_text(f"DTMF: {digits}")
+        event(log, "call.dtmf_input", digits=digits)
+        if self.turns.state is not TurnState.CALLER_SPEAKING:  # else the turn ends by silence as usual
+            self._feeding = False
+            self._start_answer(self._dtmf_last_ms, now)
+            self.summary.end_of_turns.append(now)
+
     def _withdraw_early_answer(self, now: int) -> None:
         """The caller only paused: drop the held answer, reopen the turn, feed the pause and go on."""
         early = self._early
@@ -467,6 +502,8 @@ class CallSession:
                     self._send(p.samples, now, p.epoch)
             else:
                 self._send(self._silence_24k, now, None)
+            if self._dtmf_digits and now - self._dtmf_last_ms >= self.options.dtmf_end_of_input_ms:
+                self._end_dtmf_input(now)
             tt = self._turn_time(now)
             for pe in out.events:
                 self._act(self.turns.handle(pe, tt), now)

@@ -60,6 +60,7 @@ class TurnSettings:
     max_turn_ms: int = spec(30000, min=1000, max=600000)
     response_timeout_ms: int = spec(5000, min=500, max=60000)
     speech_preroll_ms: int = spec(240, min=0, max=1000)
+    dtmf_end_of_input_ms: int = spec(1500, min=100, max=10000)
     echo_gate: bool = spec(True)
 
 

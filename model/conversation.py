@@ -206,7 +206,7 @@ class Conversation:
         self.state.save()
 
     # -- caller input ---------------------------------------------------------------------------------
-    def add_frame(self, frame: np.ndarray) -> None:
+    def _open_user_turn(self) -> None:
         if not self.user_turn_open:
             self.last_finished = None
             self.reopen = None
@@ -214,7 +214,23 @@ class Conversation:
             self.turn_audio = []
             self.turn_encoded_frames = 0
             self.append_segment("user", Segment("text", self.text_ids("<|im_start|>user\n")), new_turn=True)
+
+    def add_frame(self, frame: np.ndarray) -> None:
+        self._open_user_turn()
         self.turn_audio.append(frame)
+
+    def add_user_text(self, text: str) -> None:
+        """Text in the caller's turn (e.g. DTMF digits), after the audio received so far."""
+        self._open_user_turn()
+        if self.turn_audio[self.turn_encoded_frames:]:  # keep the order: encode the audio before it
+            if self.input.mode == "chunked":
+                self.encode_chunk(final=True)
+            else:
+                embeds = self.encode_waveform(np.concatenate(self.turn_audio))
+                self.append_segment("user", Segment("audio_in", embeds=embeds.detach()))
+            self.turn_audio = []
+            self.turn_encoded_frames = 0
+        self.append_segment("user", Segment("text", self.text_ids(text)))
 
     def chunk_ready(self) -> bool:
         if self.input.mode != "chunked" or not self.user_turn_open:

@@ -125,7 +125,7 @@ class _Call:
     conv: Conversation | None
     emit: Callable[[EngineEvent], None]
     instructions: str
-    deferred_frames: list[np.ndarray] = field(default_factory=list)
+    deferred_frames: list[np.ndarray | str] = field(default_factory=list)  # caller audio or text, in order
     end_turn_requested: bool = False
     respond_requested: bool = False
     respond_tag: int = 0
@@ -152,6 +152,10 @@ class CallConversation:
             self._engine._submit(_Cmd("feed", self.id, pcm.astype(np.float32, copy=False)))
         except EngineQueueFull:
             self.dropped_frames += 1
+
+    def add_text(self, text: str) -> None:
+        """Text in the caller's turn, in order with its audio (e.g. "DTMF: 1234#")."""
+        self._engine._submit(_Cmd("text", self.id, text))
 
     def end_turn(self) -> None:
         self._engine._submit(_Cmd("end_turn", self.id))
@@ -332,11 +336,13 @@ class Engine:
                 _resolve(cmd.future, None)
             return
         conv = call.conv
-        if cmd.kind == "feed":
+        if cmd.kind in ("feed", "text"):
             if conv.job is not None or call.end_turn_requested or call.deferred_frames:
                 call.deferred_frames.append(cmd.payload)
-            else:
+            elif cmd.kind == "feed":
                 conv.add_frame(cmd.payload)
+            else:
+                self._guard([cmd.conv_id], lambda: conv.add_user_text(cmd.payload))
         elif cmd.kind == "end_turn":
             call.end_turn_requested = True
         elif cmd.kind == "respond":
@@ -517,8 +523,11 @@ class Engine:
         for call in self._calls.values():
             conv = call.conv
             if call.deferred_frames and conv is not None and conv.job is None and not call.end_turn_requested:
-                for frame in call.deferred_frames:
-                    conv.add_frame(frame)
+                for item in call.deferred_frames:
+                    if isinstance(item, str):
+                        conv.add_user_text(item)
+                    else:
+                        conv.add_frame(item)
                 call.deferred_frames = []
         # end of turn first: it is on the latency path
         for cid, call in list(self._calls.items()):

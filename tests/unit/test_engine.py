@@ -279,3 +279,23 @@ def test_chunked_input_encodes_while_speaking_with_turn_mode_row_count(loaded: L
     assert a.shape == b.shape
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     assert float(cosine.mean()) > 0.9
+
+
+@pytest.mark.parametrize("mode", ["turn", "chunked"])
+def test_caller_text_keeps_its_place_after_the_audio_received(loaded: LoadedModel, mode: str) -> None:
+    """DTMF digits reach the model as text, after the caller's audio so far, in the same turn."""
+    lfm = loaded.model.lfm
+    conv = Conversation(1, loaded, lfm.new_state(), InputSettings(mode, 4, 8), 32768, 1024)
+    wave = speech_like(1.0, seed=7)
+    for i in range(0, len(wave) - FRAME + 1, FRAME):
+        conv.add_frame(wave[i : i + FRAME])
+    conv.add_user_text("DTMF: 42#")
+    conv.close_user_turn()
+    kinds = [s.kind for s in conv.turns[-1].segments]
+    assert kinds[0] == "text" and kinds[-2:] == ["text", "text"]  # header ... digits, <|im_end|>
+    assert "audio_in" in kinds and kinds.index("audio_in") < len(kinds) - 2
+    assert loaded.tokenizer.decode(conv.turns[-1].segments[-2].ids) == "DTMF: 42#"
+    state = lfm.new_state(kv_capacity=conv.state.kv_capacity)
+    lfm(torch.cat([conv.embed_segment(s) for t in conv.turns for s in t.segments])[None], state)
+    probe = loaded.model.embed_text(torch.tensor([[6]]))
+    torch.testing.assert_close(lfm(probe, conv.state), lfm(probe, state), atol=1e-4, rtol=1e-4)
