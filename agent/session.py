@@ -173,7 +173,9 @@ class CallSession:
         self.playout = Playout(self.options.playout)
         self.coordinator = BargeInCoordinator(self.playout)
         self._in_resampler = StreamingResampler(rate, MODEL_INPUT_RATE)
-        self._ref_resampler = StreamingResampler(MODEL_OUTPUT_RATE, MODEL_INPUT_RATE)
+        # the echo gate's reference at 16 kHz: what was sent, when the transport runs at 16 kHz
+        self._ref_resampler = None if rate == MODEL_INPUT_RATE else \
+            StreamingResampler(MODEL_OUTPUT_RATE, MODEL_INPUT_RATE)
         self._packetizer = Packetizer(MODEL_OUTPUT_RATE, out_rate=rate, packet_ms=PACKET_MS)
         self._silence_24k = np.zeros(MODEL_OUTPUT_RATE * PACKET_MS // 1000, np.int16)
         self.summary = CallSummary(call_id, time.time(), external_id)
@@ -512,9 +514,13 @@ class CallSession:
     def _send(self, samples_24k: Int16Array, now: int, epoch: int | None) -> None:
         chunk = PcmFrame(samples_24k, MODEL_OUTPUT_RATE, self._out_24k)
         self._out_24k += samples_24k.size
-        for packet in self._packetizer.push(chunk):
+        packets = self._packetizer.push(chunk)
+        for packet in packets:
             self.transport.send(packet.samples)
-        ref = np.asarray(self._ref_resampler.process(samples_24k), dtype=np.int16)
+        if self._ref_resampler is None:
+            ref = np.concatenate([p.samples for p in packets]) if packets else np.zeros(0, np.int16)
+        else:
+            ref = np.asarray(self._ref_resampler.process(samples_24k), dtype=np.int16)
         if self.gate is not None and ref.size:
             self.gate.push_reference(ref, self._out_samples * 1000 // MODEL_INPUT_RATE)
         self._out_samples += ref.size
