@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import os
 import platform
 import statistics
@@ -27,7 +26,6 @@ import model.engine as engine_module
 from model.checkpoint import LoadedModel, build_model, load_model, parse_device, parse_dtype
 from model.engine import AgentAudio, CallConversation, Engine, EngineError, ReplyFinished
 from model.errors import CheckpointError
-from model.lfm2_audio import END_OF_AUDIO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = Path(os.environ.get("LFMCALL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
@@ -174,24 +172,6 @@ def pad_to_frames(wave: np.ndarray) -> np.ndarray:
 # -- models -------------------------------------------------------------------------------------------
 
 
-class ClampedMimi:
-    """Mimi that clamps codes 2048 on codebooks 1..7 to 2047 before decoding (see the report).
-
-    The engine checks only codebook 0 for end-of-audio (as the official generator does); a model
-    that emits 2048 on another codebook makes Mimi raise. Benchmarks measure the engine, not this
-    corner, so they decode through this proxy; the clamp costs one elementwise op per frame.
-    """
-
-    def __init__(self, mimi: Any) -> None:
-        self._mimi = mimi
-
-    def decode_step(self, codes: torch.Tensor, state: Any) -> torch.Tensor:
-        return self._mimi.decode_step(codes.clamp(max=END_OF_AUDIO - 1), state)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._mimi, name)
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder (default: the shared tiny fixture)")
@@ -241,7 +221,7 @@ def random_full_size(config_path: Path, device: torch.device, dtype: torch.dtype
 
 
 def load_for_bench(args: argparse.Namespace) -> tuple[LoadedModel, str]:
-    """(model with a ClampedMimi, label) from the parsed `add_model_arguments` options."""
+    """(model, label) from the parsed `add_model_arguments` options."""
     torch.set_num_threads(args.threads)
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
@@ -256,7 +236,7 @@ def load_for_bench(args: argparse.Namespace) -> tuple[LoadedModel, str]:
         loaded = load_model(path, device=device, dtype=dtype)
         label = f"checkpoint {path.name if path != TINY_CHECKPOINT else 'lfm2-audio-tiny'}"
     label += f"; device {device}; dtype {str(dtype).removeprefix('torch.')}"
-    return dataclasses.replace(loaded, mimi=ClampedMimi(loaded.mimi)), label
+    return loaded, label
 
 
 def apply_compile(loaded: LoadedModel, backend: str = "inductor", mode: str | None = None) -> list[str]:

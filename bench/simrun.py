@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agent.caller_leg import LEG_PACKET_SAMPLES, CallerLeg
+from agent.caller_leg import CallerLeg
 from agent.report import CallRecord, RunRecord, write_run_report
 from agent.scenario import Scenario, parse_scenario
 from agent.session import CallSummary
@@ -92,9 +90,7 @@ async def run_calls(scenarios: list[Scenario], config: SimConfig, checkpoint: Pa
             uri, stop = await start_test_gateway(runtime)
 
             def leg_factory() -> CallerLeg:
-                leg = SipCallerLeg(uri)
-                leg.receive_audio = _exact_packets(leg.receive_audio)  # type: ignore[method-assign]
-                return leg
+                return SipCallerLeg(uri)  # the simulator re-cuts whatever sizes a leg delivers
         elif config.transport == "inproc":
             def leg_factory() -> CallerLeg:
                 return InprocLeg(runtime.calls)
@@ -110,8 +106,8 @@ async def run_calls(scenarios: list[Scenario], config: SimConfig, checkpoint: Pa
             async with gate:
                 captured: list[CallSummary | None] = []
 
-                def summary_of(started_wall: float) -> CallSummary | None:
-                    captured.append(lookup(started_wall))
+                def summary_of(started_wall: float, leg_call_id: str | None) -> CallSummary | None:
+                    captured.append(lookup(started_wall, leg_call_id))
                     return captured[-1]
 
                 record = await simulate_call(scenario, leg_factory(), rendered[i], f"{i + 1:03d}-{scenario.name}",
@@ -131,27 +127,6 @@ async def run_calls(scenarios: list[Scenario], config: SimConfig, checkpoint: Pa
                         calls=[c.record for c in calls])
         write_run_report(out_dir, run)
     return calls
-
-
-def _exact_packets(receive: Callable[[], list[Any]]) -> Callable[[], list[Any]]:
-    """Re-cut what a leg received into exact 20 ms packets at 16 kHz (320 samples).
-
-    ``SipCallerLeg`` hands on its 8 kHz -> 16 kHz resampler's output as it comes, and the first
-    outputs are short (the filter's warm-up), which the simulator's line model refuses.
-    """
-    buffer = np.zeros(0, np.int16)
-
-    def exact() -> list[Any]:
-        nonlocal buffer
-        parts = receive()
-        if parts:
-            buffer = np.concatenate([buffer, *parts])
-        whole = buffer.size // LEG_PACKET_SAMPLES
-        out = [buffer[i * LEG_PACKET_SAMPLES:(i + 1) * LEG_PACKET_SAMPLES].copy() for i in range(whole)]
-        buffer = buffer[whole * LEG_PACKET_SAMPLES:]
-        return out
-
-    return exact
 
 
 def offset_ms(call: SimCall) -> float | None:

@@ -34,7 +34,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,16 +197,6 @@ class CallConversation:
     def close(self) -> None:
         with contextlib.suppress(EngineQueueFull):
             self._engine._submit(_Cmd("close", self.id))
-
-    async def reply_chunks(self) -> AsyncIterator[AgentAudio]:
-        """Iterate the current reply's audio until it finishes (ReplyFinished/EngineError end it)."""
-        while True:
-            event = await self.events.get()
-            if isinstance(event, AgentAudio):
-                yield event
-            else:
-                self.last_event = event
-                return
 
 
 class Engine:
