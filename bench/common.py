@@ -1,7 +1,7 @@
 """Helpers shared by the engine benchmarks: machine line, model loading, test speech, tables.
 
 Every figure a benchmark prints names the machine it came from (``machine_description``). Models
-come either from a checkpoint (default: the shared tiny fixture) or, with ``--full-size``, from a
+come either from a checkpoint (default: the tiny fixture in tests/fixtures) or, with ``--full-size``, from a
 config file built with random weights (no download); see ``add_model_arguments``/``load_for_bench``.
 """
 
@@ -28,7 +28,7 @@ from model.engine import AgentAudio, CallConversation, Engine, EngineError, Repl
 from model.errors import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES_DIR = Path(os.environ.get("LFMCALL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 TINY_CHECKPOINT = FIXTURES_DIR / "lfm2-audio-tiny" / "checkpoint"
 TINY_INPUT_WAV = FIXTURES_DIR / "lfm2-audio-tiny" / "reference" / "input.wav"
 FULL_SIZE_CONFIG = FIXTURES_DIR / "lfm2-audio-1.5b-config.json"
@@ -174,7 +174,7 @@ def pad_to_frames(wave: np.ndarray) -> np.ndarray:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder (default: the shared tiny fixture)")
+                        help="checkpoint folder (default: the tiny fixture in tests/fixtures)")
     parser.add_argument("--full-size", type=Path, default=None, metavar="CONFIG.json",
                         help="build this config with random weights instead of loading a checkpoint")
     parser.add_argument("--mimi-config", type=Path, default=None,

@@ -1,14 +1,13 @@
-"""Shared test configuration: markers by folder, and the location of the shared fixtures."""
+"""Shared test configuration: markers by folder, and the fixtures kept in ``tests/fixtures``."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES_DIR = Path(os.environ.get("LFMCALL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 TINY_DIR = FIXTURES_DIR / "lfm2-audio-tiny"
 
 
@@ -23,7 +22,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES_DIR.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES_DIR} (set LFMCALL_FIXTURES)")
+        pytest.fail(f"fixtures not found at {FIXTURES_DIR} (they are part of the repository)")
     return FIXTURES_DIR
 
 

@@ -23,7 +23,7 @@ def test_tts_then_asr_round_trip_on_the_fixture(tiny_checkpoint_dir: Path, tmp_p
     assert f"model: checkpoint folder {tiny_checkpoint_dir}" in tts.stderr
     with wave.open(str(out)) as w:
         assert w.getframerate() == 24000 and w.getnchannels() == 1
-    asr = cli("asr", str(REPO_ROOT.parent / "shared/fixtures/lfm2-audio-tiny/reference/input.wav"),
+    asr = cli("asr", str(REPO_ROOT / "tests/fixtures/lfm2-audio-tiny/reference/input.wav"),
               "--model", str(tiny_checkpoint_dir))
     assert asr.returncode == 0, asr.stderr
     assert asr.stdout.strip() != ""  # random weights: some text, not a sentence
