@@ -42,10 +42,11 @@ def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice
     device = None if settings.device == "auto" else settings.device
     dtype = None if settings.dtype == "auto" else settings.dtype
     try:
-        loaded = load_model(choice.path, device=device, dtype=dtype)
+        loaded = load_model(choice.path, device=device, dtype=dtype, audio_decoder=settings.audio_decoder)
     except ModelError as exc:
         raise CliError(str(exc)) from None
-    _say(f"model: loaded on {loaded.device} ({loaded.dtype})")
+    decoder = loaded.decoder.name if loaded.decoder is not None else "none"
+    _say(f"model: loaded on {loaded.device} ({loaded.dtype}), audio decoder: {decoder}")
     return loaded, choice
 
 
@@ -58,6 +59,7 @@ def engine_settings(settings: ModelSettings, tiny: bool = False) -> EngineSettin
 
     reply_ms = settings.tiny_max_reply_ms if tiny else settings.max_reply_ms
     frames = reply_ms // 80
+    audio_temperature, audio_top_k = (0.0, 0) if tiny else (settings.audio_temperature, settings.audio_top_k)
     return EngineSettings(
         max_reply_items=frames + frames // 2 + 8,  # interleaved: 6 text tokens per 12 frames
         reply_reserve_tokens=max(1024, frames + frames // 2 + 64),
@@ -69,7 +71,7 @@ def engine_settings(settings: ModelSettings, tiny: bool = False) -> EngineSettin
         instructions=settings.instructions,
         max_context_tokens=settings.max_context_tokens,
         text_sampling=sampling(settings.text_temperature, settings.text_top_k),
-        audio_sampling=sampling(settings.audio_temperature, settings.audio_top_k),
+        audio_sampling=sampling(audio_temperature, audio_top_k),
     )
 
 

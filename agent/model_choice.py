@@ -62,7 +62,7 @@ def choose_model(settings: ModelSettings) -> ModelChoice:
     if settings.offline_fallback != "tiny":
         hint = f"huggingface-cli download {ref}" if looks_like_repo else "check the path"
         raise ModelChoiceError(f"model {ref!r} is not available on this machine ({hint})")
-    tiny = cache_dir() / f"tiny-demo-seed{TINY_SEED}"
+    tiny = cache_dir() / f"tiny-demo-v2-seed{TINY_SEED}"  # v2: ships the LFM2.5 detokenizer too
     if not (tiny / "config.json").is_file():
         from model.tiny import make_tiny_checkpoint
 

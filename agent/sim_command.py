@@ -53,7 +53,9 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
             leg: CallerLeg = SipCallerLeg(uri)
             return leg
     try:
-        run = await run_simulation(scenarios, leg_factory, model=runtime.choice.description, transport=transport,
+        decoder = runtime.loaded.decoder.name if runtime.loaded.decoder is not None else "none"
+        model = f"{runtime.choice.description}; audio decoder: {decoder}"
+        run = await run_simulation(scenarios, leg_factory, model=model, transport=transport,
                                    concurrency=concurrency, out_dir=out_dir,
                                    summary_of=summaries_from(runtime.calls.summaries))
     finally:
@@ -63,7 +65,8 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
     passed = sum(1 for c in run.calls if c.passed)
     failed = len(run.calls) - passed
     _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")
-    _say(f"simulate: model used: {runtime.choice.description}")
+    _say(f"simulate: model used: {runtime.choice.description}; audio decoder: "
+         f"{runtime.loaded.decoder.name if runtime.loaded.decoder is not None else 'none'}")
     return 0 if failed == 0 and len(run.calls) == len(scenarios) else 1
 
 

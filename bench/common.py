@@ -193,6 +193,7 @@ def random_full_size(config_path: Path, device: torch.device, dtype: torch.dtype
     """
     import json
 
+    from model.audio_decoder import MimiDecoder
     from model.chat import TextTokenizer
     from model.config import LFM2AudioConfig
     from model.mel import MelFrontend
@@ -217,7 +218,7 @@ def random_full_size(config_path: Path, device: torch.device, dtype: torch.dtype
     tokenizer = TextTokenizer.from_file(tokenizer_dir / "tokenizer.json")
     mel = MelFrontend(config.preprocessor).to(device)
     return LoadedModel(path=config_path, config=config, model=model, tokenizer=tokenizer, mel=mel, mimi=mimi,
-                       device=device, dtype=dtype)
+                       device=device, dtype=dtype, decoder=MimiDecoder(mimi))
 
 
 def load_for_bench(args: argparse.Namespace) -> tuple[LoadedModel, str]:

@@ -49,7 +49,7 @@ def demo_checkpoint(cache_root: Path | None = None) -> Path:
     from model.tiny import make_tiny_checkpoint
 
     root = cache_root or Path(tempfile.gettempdir()) / "lfm-call-bench"
-    path = root / f"tiny-demo-seed{DEMO_SEED}"
+    path = root / f"tiny-demo-v2-seed{DEMO_SEED}"
     if not (path / "model.safetensors").is_file():
         make_tiny_checkpoint(path, seed=DEMO_SEED, long_replies=True)
     return path

@@ -66,8 +66,9 @@ class TurnSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    ref: str = spec("LiquidAI/LFM2-Audio-1.5B")
+    ref: str = spec("LiquidAI/LFM2.5-Audio-1.5B")
     offline_fallback: str = spec("tiny", choices=("tiny", "error"))
+    audio_decoder: str = spec("auto", choices=("auto", "mimi", "detokenizer"))
     device: str = spec("auto")
     dtype: str = spec("auto", choices=("auto", "float32", "bfloat16", "float16"))
     input_mode: str = spec("chunked", choices=("chunked", "turn"))
@@ -82,8 +83,8 @@ class ModelSettings:
     tiny_max_reply_ms: int = spec(4000, min=1000, max=600000)
     text_temperature: float = spec(0.0, min=0.0, max=5.0)
     text_top_k: int = spec(0, min=0, max=65536)
-    audio_temperature: float = spec(0.0, min=0.0, max=5.0)
-    audio_top_k: int = spec(0, min=0, max=2049)
+    audio_temperature: float = spec(1.0, min=0.0, max=5.0)
+    audio_top_k: int = spec(4, min=0, max=2049)
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,25 @@ INITIAL_KV_CAPACITY = 256
 
 
 class RMSNorm(nn.Module):
-    """weight * x / sqrt(mean(x^2) + eps), computed in float32."""
+    """weight * x / sqrt(mean(x^2) + eps), normalised in float32.
 
-    def __init__(self, dim: int, eps: float) -> None:
+    transformers' LFM2 norm casts the normalised value back to x's dtype and then multiplies by the
+    weight; liquid-audio's own norm (depthformer, audio embeddings) multiplies in float32 first
+    (``scale_in_float32``). The two agree in float32 and differ in bfloat16.
+    """
+
+    def __init__(self, dim: int, eps: float, *, scale_in_float32: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.scale_in_float32 = scale_in_float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.scale_in_float32:
+            return (h * self.weight).to(dtype)
         return self.weight * h.to(dtype)
 
 
@@ -196,14 +204,19 @@ class Lfm2Attention(nn.Module):
         self.q_layernorm = RMSNorm(self.head_dim, config.norm_eps)
         self.k_layernorm = RMSNorm(self.head_dim, config.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], state: BackboneState | None,
-                layer_idx: int) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, N, D] -> q [B, H, N, hd], k and v [B, Hkv, N, hd]: per-head RMSNorm on q and k, then RoPE."""
         b, n, _ = x.shape
         q = self.q_layernorm(self.q_proj(x).view(b, n, -1, self.head_dim)).transpose(1, 2)
         k = self.k_layernorm(self.k_proj(x).view(b, n, -1, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, n, -1, self.head_dim).transpose(1, 2)
         cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], state: BackboneState | None,
+                layer_idx: int) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x, rope)
         past = 0
         if state is not None:
             past = state.position

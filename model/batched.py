@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.backbone import BackboneState, Lfm2Backbone, Lfm2DecoderLayer, apply_rope, attend, rope_cos_sin
+from model.backbone import BackboneState, Lfm2Backbone, Lfm2DecoderLayer, attend, rope_cos_sin
 from model.lfm2_audio import LFM2AudioModel, Sampling
 
 
@@ -42,11 +42,7 @@ def _attention_step(layer: Lfm2DecoderLayer, x: torch.Tensor, rope: tuple[torch.
     attn = layer.self_attn
     idx = layer.layer_idx
     bsz = x.shape[0]
-    q = attn.q_layernorm(attn.q_proj(x).view(bsz, 1, -1, attn.head_dim)).transpose(1, 2)
-    k = attn.k_layernorm(attn.k_proj(x).view(bsz, 1, -1, attn.head_dim)).transpose(1, 2)
-    v = attn.v_proj(x).view(bsz, 1, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = rope  # [B, 1, 1, head_dim]: one position per conversation
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = attn.qkv(x, rope)  # rope [B, 1, 1, head_dim]: one position per conversation
     outs = []
     for b, s in enumerate(states):
         keys, values = s.keys[idx], s.values[idx]

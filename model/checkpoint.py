@@ -1,9 +1,11 @@
-"""Checkpoint resolution and loading (LiquidAI/LFM2-Audio-1.5B on-disk layout).
+"""Checkpoint resolution and loading (LiquidAI/LFM2-Audio-1.5B and LFM2.5-Audio-1.5B on-disk layouts).
 
 A checkpoint is a folder with ``config.json``, ``model.safetensors`` (bf16 or fp32),
-``tokenizer.json`` and the Mimi weights ``tokenizer-e351c8d8-checkpoint125.safetensors`` (plus an
-optional ``mimi_config.json`` for a non-default Mimi). ``resolve_checkpoint`` accepts a local
-folder or a Hugging Face repo id. ``load_model`` builds the network on the meta device, checks
+``tokenizer.json`` and an audio decoder: the Mimi weights
+``tokenizer-e351c8d8-checkpoint125.safetensors`` (plus an optional ``mimi_config.json`` for a
+non-default Mimi), the LFM2.5 detokenizer ``audio_detokenizer/`` (``config.json``,
+``model.safetensors``), or both; ``model.audio_decoder`` picks one (``model.audio_decoder``
+module). ``resolve_checkpoint`` accepts a local folder or a Hugging Face repo id. ``load_model`` builds the network on the meta device, checks
 every key and shape of the file (missing, unexpected and mis-shaped keys are reported together),
 then materialises it on the target device. Tied aliases (``depth_embeddings.{i}.to_logits.weight``)
 and the registered buffers may be present or absent.
@@ -21,23 +23,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
+from model.audio_decoder import AudioDecoder, select_audio_decoder
 from model.chat import ChatState, TextTokenizer
 from model.config import LFM2AudioConfig
-from model.errors import CheckpointError
+from model.detokenizer import DETOKENIZER_DIR, Detokenizer, load_detokenizer
+from model.errors import CheckpointError, ConfigError
 from model.lfm2_audio import AUDIO_VOCAB_SIZE, LFM2AudioModel
 from model.mel import MelFrontend
+from model.weights_file import copy_weights
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REPO = "LiquidAI/LFM2-Audio-1.5B"
+DEFAULT_REPO = "LiquidAI/LFM2.5-Audio-1.5B"
+KNOWN_REPOS = ("LiquidAI/LFM2.5-Audio-1.5B", "LiquidAI/LFM2-Audio-1.5B")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 MIMI_CONFIG_FILE = "mimi_config.json"
-_DOWNLOAD_PATTERNS = [CONFIG_FILE, WEIGHTS_FILE, "tokenizer*.json", "special_tokens_map.json", MIMI_FILE, MIMI_CONFIG_FILE]
+_DOWNLOAD_PATTERNS = [CONFIG_FILE, WEIGHTS_FILE, "tokenizer*.json", "special_tokens_map.json", MIMI_FILE, MIMI_CONFIG_FILE,
+                      "audio_detokenizer/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _OPTIONAL_BUFFER = re.compile(r"(^codebook_offsets$|^audio_loss_weights$|\.running_mean$|\.running_var$|\.num_batches_tracked$)")
 
@@ -135,59 +141,28 @@ def _reset_buffers(model: LFM2AudioModel) -> None:
 
 def load_weights(model: LFM2AudioModel, path: Path) -> None:
     """Copy ``path`` into ``model`` strictly (aliases and buffers optional); one error lists every problem."""
-    expected = model.state_dict()
-    optional = _optional_keys(model.config)
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: weights file not found") from exc
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
-    with handle as f:
-        present = set(f.keys())
-        missing = sorted(k for k in expected if k not in present and k not in optional and not _OPTIONAL_BUFFER.search(k))
-        unexpected = sorted(present - set(expected))
-        shapes = []
-        for key in sorted(present & set(expected)):
-            got = list(f.get_slice(key).get_shape())
-            want = list(expected[key].shape)
-            if got != want:
-                shapes.append(f"{key}: expected {want}, got {got}")
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if shapes:
-            problems.append(f"mis-shaped keys ({len(shapes)}): {'; '.join(shapes)}")
-        if problems:
-            raise CheckpointError(f"{path}: weights do not match the config: " + " | ".join(problems))
-        targets = dict(model.named_parameters(remove_duplicate=False))
-        targets.update(dict(model.named_buffers()))
-        with torch.no_grad():
-            for key in sorted(present):
-                if key in optional:
-                    continue  # tied alias: the shared tensor is loaded under its primary name
-                try:
-                    tensor = f.get_tensor(key)
-                except Exception as exc:
-                    raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc})") from exc
-                target = targets[key]
-                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update(dict(model.named_buffers()))
+    targets = {k: v for k, v in targets.items() if k in model.state_dict()}
+    aliases = _optional_keys(model.config)
+    copy_weights(path, targets, optional=lambda k: k in aliases or bool(_OPTIONAL_BUFFER.search(k)),
+                 aliases=lambda k: k in aliases)
 
 
 @dataclass
 class LoadedModel:
-    """Everything needed to run LFM2-Audio: network, tokenizer, mel front end, Mimi codec."""
+    """Everything needed to run LFM2-Audio: network, tokenizer, mel front end, audio decoder."""
 
     path: Path
     config: LFM2AudioConfig
     model: LFM2AudioModel
     tokenizer: TextTokenizer
     mel: MelFrontend
-    mimi: Any
+    mimi: Any  # the Mimi codec when it is the audio decoder in use (else None)
     device: torch.device
     dtype: torch.dtype
+    detokenizer: Detokenizer | None = None  # the LFM2.5 detokenizer when it is in use
+    decoder: AudioDecoder | None = None  # what turns codes into audio (None: loaded without one)
 
     def new_chat(self) -> ChatState:
         """An empty chat (starts with ``<|startoftext|>``); mel features kept in float32."""
@@ -233,9 +208,37 @@ def load_mimi_codec(folder: Path, device: torch.device) -> Any:
         raise CheckpointError(f"{weights}: cannot load Mimi weights: {exc}") from exc
 
 
+def has_mimi(folder: Path) -> bool:
+    return (folder / MIMI_FILE).is_file()
+
+
+def has_detokenizer(folder: Path) -> bool:
+    return (folder / DETOKENIZER_DIR / CONFIG_FILE).is_file() and (folder / DETOKENIZER_DIR / WEIGHTS_FILE).is_file()
+
+
+def load_audio_decoder(folder: Path, choice: str, device: torch.device,
+                       dtype: torch.dtype) -> tuple[AudioDecoder, Any, Detokenizer | None]:
+    """The decoder ``choice`` (auto | mimi | detokenizer) selects, loaded: (decoder, mimi, detokenizer)."""
+    detok = mimi = None
+    wants_detok = choice in ("auto", "detokenizer") and has_detokenizer(folder)
+    if wants_detok:
+        try:
+            detok = load_detokenizer(folder / DETOKENIZER_DIR, device, torch.float32 if device.type == "cpu" else dtype)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+    elif choice in ("auto", "mimi") and has_mimi(folder):
+        mimi = load_mimi_codec(folder, device)
+    return select_audio_decoder(choice, mimi, detok, str(folder)), mimi, detok
+
+
 def load_model(ref: str | Path = DEFAULT_REPO, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, load_codec: bool = True) -> LoadedModel:
-    """Resolve, check and load a checkpoint onto ``device`` (cuda/bf16 default when available, else cpu/fp32)."""
+               dtype: str | torch.dtype | None = None, load_codec: bool = True,
+               audio_decoder: str = "auto") -> LoadedModel:
+    """Resolve, check and load a checkpoint onto ``device`` (cuda/bf16 default when available, else cpu/fp32).
+
+    ``audio_decoder`` (auto | mimi | detokenizer) chooses what turns codes into audio; with
+    ``load_codec=False`` none is loaded.
+    """
     dev = parse_device(device)
     dt = parse_dtype(dtype, dev)
     folder = resolve_checkpoint(ref)
@@ -244,7 +247,9 @@ def load_model(ref: str | Path = DEFAULT_REPO, device: str | torch.device | None
     model = build_model(config, dev, dt)
     load_weights(model, folder / WEIGHTS_FILE)
     mel = MelFrontend(config.preprocessor).to(dev)
-    mimi = load_mimi_codec(folder, dev) if load_codec else None
-    log.info("loaded %s on %s (%s)", folder, dev, dt)
+    decoder, mimi, detok = (None, None, None)
+    if load_codec:
+        decoder, mimi, detok = load_audio_decoder(folder, audio_decoder, dev, dt)
+    log.info("loaded %s on %s (%s), audio decoder %s", folder, dev, dt, decoder.name if decoder else "none")
     return LoadedModel(path=folder, config=config, model=model, tokenizer=tokenizer, mel=mel, mimi=mimi,
-                       device=dev, dtype=dt)
+                       device=dev, dtype=dt, detokenizer=detok, decoder=decoder)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from model.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _MISSING = object()
 
@@ -374,13 +376,18 @@ class LFM2AudioConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> LFM2AudioConfig:
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: config file not found") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot parse JSON: {exc}") from exc
-        try:
-            return cls.from_dict(raw, where="config.json")
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return read_config_file(path, lambda raw: cls.from_dict(raw, where="config.json"))
+
+
+def read_config_file(path: Path, parse: Callable[[object], T]) -> T:
+    """``parse(json of path)``; every problem (missing, unreadable, invalid) is a ConfigError naming the file."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot parse JSON: {exc}") from exc
+    try:
+        return parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

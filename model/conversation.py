@@ -94,7 +94,9 @@ class GenJob:
     items: list[tuple[Modality, int | None, torch.Tensor | None]] = field(default_factory=list)
     text_ids: list[int] = field(default_factory=list)
     audio_frames: int = 0  # decodable frames emitted (end-of-audio frames excluded)
-    mimi_state: object | None = None
+    chunks: int = 0  # 80 ms chunks emitted (frames, plus a decoder's tail at the end of a stretch of audio)
+    decoder_slot: int | None = None  # this reply's stream in the engine's batched audio decoder
+    decoder_open: bool = False  # the stream has frames whose lookahead tail is not out yet
     done: bool = False
     tag: int = 0
     turn_position: int = 0  # state position before the assistant turn (its header) began

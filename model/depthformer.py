@@ -1,10 +1,17 @@
 """Depthformer: the small RQ-transformer that emits the codebooks of one audio frame.
 
 liquid-audio's ``RawLMBackbone`` of ``StandardBlock(MHA(dim))``: pre-norm blocks with fused
-``qkv_proj`` (32 query / 8 key-value heads, hard-coded), per-head RMSNorm on q and k
-(``bounded_attention.{q,k}_layernorm``), RoPE over positions 0..codebooks-1, SwiGLU, no final
-norm. Each frame uses a fresh KV cache that grows over the codebook steps (``DepthCache``).
+``qkv_proj`` (32 query / 8 key-value heads, hard-coded; split q | k | v), per-head RMSNorm on q
+and k (``bounded_attention.{q,k}_layernorm``), RoPE over positions 0..codebooks-1, SwiGLU, no
+final norm. Each frame uses a fresh KV cache that grows over the codebook steps (``DepthCache``).
 ``SharedEmbedding`` is the per-codebook embedding / ``embedding_norm`` / ``to_logits`` triple.
+
+Conventions that differ from the LFM2 backbone (and that a head_dim of 2 cannot show):
+
+* RoPE rotates ADJACENT pairs (x[2i], x[2i+1]) as one complex number, computed in float32 and cast
+  back (liquid-audio's ``apply_rotary_emb``); the backbone rotates the two halves (x[i], x[i+D/2]).
+* Every RMSNorm here multiplies by its weight in float32 before casting back (liquid-audio's own
+  ``RMSNorm``); transformers' LFM2 norm casts first, then multiplies.
 """
 
 from __future__ import annotations
@@ -13,8 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbone import RMSNorm, SwiGLU, apply_rope, attend, rope_cos_sin
+from model.backbone import RMSNorm, SwiGLU, attend
 from model.config import DepthformerConfig
+
+
+def pair_rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 cos/sin tables [N, head_dim // 2] of adjacent-pair RoPE (liquid-audio's freqs_cis)."""
+    exponents = torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float() / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_pair_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, H, N, D] in float32; cos/sin [N, D // 2]; result in x's dtype."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
 
 
 class DepthCache:
@@ -35,8 +58,8 @@ class DepthAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.dim, qkv, bias=False)
         self.out_proj = nn.Linear(config.dim, config.dim, bias=False)
         self.bounded_attention = nn.Module()
-        self.bounded_attention.q_layernorm = RMSNorm(self.head_dim, config.norm_eps)
-        self.bounded_attention.k_layernorm = RMSNorm(self.head_dim, config.norm_eps)
+        self.bounded_attention.q_layernorm = RMSNorm(self.head_dim, config.norm_eps, scale_in_float32=True)
+        self.bounded_attention.k_layernorm = RMSNorm(self.head_dim, config.norm_eps, scale_in_float32=True)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: DepthCache | None,
                 layer_idx: int) -> torch.Tensor:
@@ -47,7 +70,7 @@ class DepthAttention(nn.Module):
         k = self.bounded_attention.k_layernorm(k.view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)
         v = v.view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_pair_rope(q, cos, sin), apply_pair_rope(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.position
@@ -64,8 +87,8 @@ class DepthBlock(nn.Module):
         super().__init__()
         self.operator = DepthAttention(config)
         self.feed_forward = SwiGLU(config.dim, config.ff_dim)
-        self.operator_norm = RMSNorm(config.dim, config.norm_eps)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.operator_norm = RMSNorm(config.dim, config.norm_eps, scale_in_float32=True)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, scale_in_float32=True)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: DepthCache | None,
                 layer_idx: int) -> torch.Tensor:
@@ -89,7 +112,7 @@ class Depthformer(nn.Module):
         start = 0 if cache is None else cache.position
         n = x.shape[1]
         positions = torch.arange(start, start + n, device=x.device)
-        rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        rope = pair_rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache, i)
         if cache is not None:
@@ -103,7 +126,7 @@ class SharedEmbedding(nn.Module):
     def __init__(self, dim: int, vocab_size: int, tie: bool, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, dim)
-        self.embedding_norm = RMSNorm(dim, norm_eps)
+        self.embedding_norm = RMSNorm(dim, norm_eps, scale_in_float32=True)
         self.to_logits = nn.Linear(dim, vocab_size, bias=False)
         self.tie = tie
         self.tie_weights()

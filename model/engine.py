@@ -9,8 +9,11 @@ queues (``loop.call_soon_threadsafe``). The worker loop, one iteration at a time
 1. applies every queued command (open, feed, end of turn, respond, greet, interrupt, close);
 2. runs ONE batched generation step for every call that is generating: one backbone position per
    call (``model.batched.backbone_step``), then one depthformer frame for every call whose
-   schedule asks for audio (``model.batched.audio_frames``), then each new audio frame through that
-   call's own streaming Mimi decoder; each decoded 80 ms chunk is sent at once;
+   schedule asks for audio (``model.batched.audio_frames``), then ONE batched audio decode of every
+   new frame (``model.audio_decoder``: Mimi or the LFM2.5 detokenizer, one stream slot per reply);
+   each decoded 80 ms chunk is sent at once. A decoder with lookahead (the detokenizer's 20 ms)
+   sends the last samples of a stretch of audio, padded to 80 ms, when that stretch ends (an
+   end-of-audio frame, or the reply's end); an interrupted reply's tail is dropped;
 3. runs prefill work: end-of-turn work first (it is on the latency path), then encoder chunks of
    calls that are still speaking.
 
@@ -41,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.audio_decoder import FRAME_SAMPLES, DecoderStreams, decoder_codes
 from model.batched import audio_frames, backbone_step
 from model.checkpoint import LoadedModel
 from model.conversation import Conversation, GenJob, InputSettings
@@ -216,6 +220,16 @@ class Engine:
         self.steps = 0
         self.step_seconds: list[float] = []
         self.fault_hook: Callable[[list[int]], None] | None = None  # tests inject failures here
+        self._streams: DecoderStreams | None = None
+
+    @property
+    def streams(self) -> DecoderStreams:
+        """The batched audio decoder streams (one slot per reply being spoken), made on first use."""
+        if self._streams is None:
+            if self.loaded.decoder is None:
+                raise RuntimeError("the model was loaded without an audio decoder")
+            self._streams = self.loaded.decoder.streams(8)
+        return self._streams
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -274,6 +288,7 @@ class Engine:
                 call.emit(EngineError(None, f"engine worker died: {exc!r}"))
                 call.conv = None
             self._calls.clear()
+            self._streams = None  # every stream belonged to a call that is gone
             self.restarts += 1
             if not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="lfm-engine", daemon=True)
@@ -368,6 +383,7 @@ class Engine:
                     call.emit(ReplyFinished(job.reply_id, "", 0, True, job.audio_frames, job.tag))
         elif cmd.kind == "close":
             if conv.job is not None:
+                self._release_stream(conv.job)
                 conv.job = None
             del self._calls[cmd.conv_id]
 
@@ -380,7 +396,7 @@ class Engine:
         job = call.conv.start_greeting(text, cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
                                        s.audio_sampling, max_frames)
         job.tag = tag
-        job.mimi_state = self.loaded.mimi.new_decoder_state(1)
+        job.decoder_slot = self.streams.open()
         call.reply_text = ""
 
     def _start_reply(self, call: _Call) -> None:
@@ -391,7 +407,7 @@ class Engine:
         job = call.conv.start_reply(cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
                                     s.audio_sampling, max_items)
         job.tag = call.respond_tag
-        job.mimi_state = self.loaded.mimi.new_decoder_state(1)
+        job.decoder_slot = self.streams.open()
         call.reply_text = ""
 
     def _finish(self, call: _Call, keep: int | None) -> ReplyFinished:
@@ -399,6 +415,9 @@ class Engine:
         assert conv is not None and conv.job is not None
         job = conv.job
         generated = job.audio_frames
+        if keep is None:
+            self._flush_tails([(call, job)])
+        self._release_stream(job)
         ids, frames = conv.finish_reply(keep)
         text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
         event = ReplyFinished(job.reply_id, text, frames, keep is not None, generated, job.tag)
@@ -419,6 +438,8 @@ class Engine:
                 if call is None:
                     continue
                 reply_id = call.conv.job.reply_id if call.conv is not None and call.conv.job else None
+                if call.conv is not None and call.conv.job is not None:
+                    self._release_stream(call.conv.job)
                 call.emit(EngineError(reply_id, f"model step failed: {exc}"))
                 call.respond_requested = call.end_turn_requested = False
                 call.deferred_frames = []
@@ -484,26 +505,65 @@ class Engine:
         if audio_jobs:
             hidden = torch.stack([j.last_hidden for _, j in audio_jobs if j.last_hidden is not None])
             codes = audio_frames(model, hidden, [j.audio_sampling for _, j in audio_jobs])
+            decode: list[tuple[_Call, GenJob, torch.Tensor]] = []
+            ended: list[tuple[_Call, GenJob]] = []
             for b, (c, j) in enumerate(audio_jobs):
                 frame = codes[b]
                 eoa = int(frame[0]) == END_OF_AUDIO
                 if eoa:
                     frame = torch.full_like(frame, END_OF_AUDIO)
+                    ended.append((c, j))
+                else:
+                    decode.append((c, j, frame))
                 j.schedule.after_audio(eoa)
                 j.last_hidden = None
                 j.items.append((Modality.AUDIO_OUT, None, frame.cpu()))
                 j.pending = model.embed_audio_frames(frame)
-                if not eoa:
-                    # codebooks 1-7 may also predict 2048 (the official rule only checks codebook 0);
-                    # Mimi has no such code: decode the nearest real one, keep the raw frame in history
-                    decodable = frame.clamp(max=END_OF_AUDIO - 1)
-                    pcm = self.loaded.mimi.decode_step(decodable.view(1, -1, 1), j.mimi_state)
-                    c.emit(AgentAudio(j.reply_id, j.audio_frames, pcm.reshape(-1).float().cpu().numpy(),
-                                      c.reply_text, tuple(int(x) for x in frame.tolist()), j.tag))
-                    j.audio_frames += 1
+            self._decode_frames(decode)
+            self._flush_tails(ended)
         for c, j in jobs:
             if j.done:
                 self._finish(c, keep=None)
+
+    # -- audio decoding ------------------------------------------------------------------------------------
+    def _decode_frames(self, work: list[tuple[_Call, GenJob, torch.Tensor]]) -> None:
+        """One batched decode of every new frame; each call gets its 80 ms chunk at once."""
+        if not work:
+            return
+        slots = [j.decoder_slot for _, j, _ in work]
+        assert all(s is not None for s in slots)
+        frames = torch.stack([f for _, _, f in work])
+        pcm = self.streams.step([int(s) for s in slots if s is not None], decoder_codes(frames)).cpu().numpy()
+        for row, (c, j, frame) in enumerate(work):
+            c.emit(AgentAudio(j.reply_id, j.chunks, pcm[row], c.reply_text,
+                              tuple(int(x) for x in frame.tolist()), j.tag))
+            j.audio_frames += 1
+            j.chunks += 1
+            j.decoder_open = True
+
+    def _flush_tails(self, work: list[tuple[_Call, GenJob]]) -> None:
+        """A stretch of audio ended (end-of-audio frame, or the reply's end): send each decoder tail as a
+        last 80 ms chunk (zero-padded) and restart the stream for audio that may follow."""
+        work = [(c, j) for c, j in work if j.decoder_open and j.decoder_slot is not None]
+        if not work:
+            return
+        slots = [int(j.decoder_slot) for _, j in work if j.decoder_slot is not None]
+        tails = self.streams.flush(slots).cpu().numpy()
+        self.streams.reset(slots)
+        for row, (c, j) in enumerate(work):
+            j.decoder_open = False
+            if tails.shape[1] == 0:
+                continue
+            chunk = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+            chunk[: tails.shape[1]] = tails[row]
+            c.emit(AgentAudio(j.reply_id, j.chunks, chunk, c.reply_text, (), j.tag))
+            j.chunks += 1
+
+    def _release_stream(self, job: GenJob) -> None:
+        if job.decoder_slot is not None and self._streams is not None:
+            self._streams.close(job.decoder_slot)
+        job.decoder_slot = None
+        job.decoder_open = False
 
     # -- prefill ------------------------------------------------------------------------------------------
     def _prefill_work(self) -> None:

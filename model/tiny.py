@@ -3,7 +3,7 @@
 ``make_tiny_checkpoint(out_dir, seed)`` writes ``config.json`` (tiny sizes, every switch as in the
 real model), ``model.safetensors`` (float32, with the tied aliases and buffers), a stand-in
 byte-level BPE tokenizer with the LFM2 special tokens at their real ids 0..133, and a tiny Mimi
-(``mimi_config.json`` + weights). Weights follow the parity fixture's recipe (non-trivial norms,
+(``mimi_config.json`` + weights) and a small LFM2.5 detokenizer (``audio_detokenizer/``). Weights follow the parity fixture's recipe (non-trivial norms,
 the final norm x6 and the depth norms x30 so greedy decisions have margins); then ``<|im_end|>``'s
 row is nudged until a probe interleaved chat emits audio frames and ends, so demos terminate.
 """
@@ -24,9 +24,17 @@ from model.chat import IM_END as IM_END_ID
 from model.chat import ChatState, TextTokenizer
 from model.checkpoint import MIMI_CONFIG_FILE, MIMI_FILE
 from model.config import LFM2AudioConfig
+from model.detokenizer import (
+    DETOKENIZER_DIR,
+    Detokenizer,
+    DetokenizerConfig,
+    tiny_detokenizer_config,
+    write_detokenizer,
+)
 from model.generation import GenerationMode, start_generation
 from model.lfm2_audio import END_OF_AUDIO, LFM2AudioModel, Modality
 from model.mel import MelFrontend
+from model.seeded import detokenizer_rule, materialize
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ TRAINING_TEXT = [
 PROBE_MAX_NEW_TOKENS = 60
 CALIBRATION_ATTEMPTS = 8
 TTS_PROBE_FRAMES = 6
+TINY_DETOKENIZER_LOG_GAIN = 2.4
 
 
 def tiny_config_dict() -> dict[str, Any]:
@@ -254,4 +263,15 @@ def make_tiny_checkpoint(out_dir: Path, seed: int = 0, long_replies: bool = Fals
     randomize_for_tiny(mimi, seed)
     save_mimi(mimi, out_dir / MIMI_FILE)
     (out_dir / MIMI_CONFIG_FILE).write_text(json.dumps(tiny_mimi_config().to_dict(), indent=2))
+    _write_tiny_detokenizer(out_dir / DETOKENIZER_DIR, seed)
     return out_dir
+
+
+def _write_tiny_detokenizer(folder: Path, seed: int) -> None:
+    """An LFM2.5 detokenizer with seeded random weights (``model.audio_decoder: auto`` picks it)."""
+    raw = tiny_detokenizer_config()
+    detok = Detokenizer(DetokenizerConfig.from_dict(raw)).eval()
+    materialize(detok, seed, detokenizer_rule())
+    with torch.no_grad():  # louder: log-magnitudes + 2.4 (x11), about -14 dBFS like a voice on a line
+        detok.lin.bias[: detok.lin.out_features // 2] += TINY_DETOKENIZER_LOG_GAIN
+    write_detokenizer(detok, raw, folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model.audio_decoder import decoder_codes
 from model.chat import AUDIO_START, IM_END
 from model.checkpoint import LoadedModel
 from model.generation import GenerationMode, start_generation
@@ -37,8 +38,8 @@ def synthesize(loaded: LoadedModel, text: str, voice: str | None = None, max_new
     """Speech for ``text`` as float32 mono at the codec rate (24 kHz); ``voice`` is a style description."""
     if not text.strip():
         raise ValueError("text to synthesize is empty")
-    if loaded.mimi is None:
-        raise ValueError("this LoadedModel was loaded without its Mimi codec (load_codec=False)")
+    if loaded.decoder is None:
+        raise ValueError("this LoadedModel was loaded without an audio decoder (load_codec=False)")
     system = TTS_SYSTEM_PROMPT if not voice else f"{TTS_SYSTEM_PROMPT} {voice.strip()}"
     rng = None if seed is None else torch.Generator(device=loaded.device).manual_seed(seed)
     gen = start_generation(loaded.model, loaded.one_turn_chat(system, text=text), GenerationMode.SEQUENTIAL,
@@ -54,7 +55,6 @@ def synthesize(loaded: LoadedModel, text: str, voice: str | None = None, max_new
     gen.stop()
     if not frames:
         return np.zeros(0, dtype=np.float32)
-    codes = torch.stack(frames, dim=1)[None].to(loaded.device)
-    with torch.no_grad():
-        wav = loaded.mimi.decode(codes)
-    return wav[0, 0].float().cpu().numpy().astype(np.float32)
+    codes = decoder_codes(torch.stack(frames, dim=1)[None].to(loaded.device))
+    wav = loaded.decoder.decode(codes)
+    return wav[0].float().cpu().numpy().astype(np.float32)
