@@ -64,3 +64,54 @@ def test_simulate_reports_a_bad_scenario_with_file_line_and_field(tmp_path: Path
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert f"{bad}:3: steps[0].say" in proc.stderr
+
+
+@pytest.mark.parametrize("keep", ["mimi", "detokenizer"])
+def test_simulate_on_a_checkpoint_with_one_audio_decoder(demo_checkpoint: Path, tmp_path: Path, keep: str) -> None:
+    """A checkpoint that ships only Mimi (LFM2-Audio) or only audio_detokenizer/ (LFM2.5) runs the call
+    path with that decoder, and the report says which one."""
+    import shutil
+
+    from model.checkpoint import MIMI_CONFIG_FILE, MIMI_FILE
+    from model.detokenizer import DETOKENIZER_DIR
+
+    folder = tmp_path / f"only-{keep}"
+    shutil.copytree(demo_checkpoint, folder)
+    if keep == "mimi":
+        shutil.rmtree(folder / DETOKENIZER_DIR)
+    else:
+        (folder / MIMI_FILE).unlink()
+        (folder / MIMI_CONFIG_FILE).unlink()
+    out = tmp_path / "run"
+    paths = [str(REPO_ROOT / "config" / "scenarios" / f"{name}.yaml") for name in ("greeting", "early_barge_in")]
+    env = dict(os.environ, LFM_CALL_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "simulate", *paths, "--model", str(folder),
+         "--concurrency", "2", "--out", str(out), "--log-level", "WARNING"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert f"audio decoder: {keep}" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert all(c["model"].endswith(f"audio decoder: {keep}") for c in report["calls"])
+    failures = {c["scenario"]: [e for e in c["expectations"] if not e["ok"]] or c["error"]
+                for c in report["calls"] if not c["passed"]}
+    assert not failures, f"{failures}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0
+
+
+def test_a_checkpoint_without_any_audio_decoder_is_refused_with_what_is_missing(demo_checkpoint: Path,
+                                                                                tmp_path: Path) -> None:
+    import shutil
+
+    from model.checkpoint import MIMI_FILE
+    from model.detokenizer import DETOKENIZER_DIR
+
+    folder = tmp_path / "no-decoder"
+    shutil.copytree(demo_checkpoint, folder)
+    shutil.rmtree(folder / DETOKENIZER_DIR)
+    (folder / MIMI_FILE).unlink()
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "simulate", "--model", str(folder)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"neither the Mimi weights {MIMI_FILE} nor the detokenizer folder {DETOKENIZER_DIR}/" in proc.stderr
+    assert "Traceback" not in proc.stderr
