@@ -154,3 +154,35 @@ def test_engine_streams_the_detokenizer_and_sends_each_tail(both_decoders: Path)
         got = stream[LOOKAHEAD_SAMPLES : LOOKAHEAD_SAMPLES + whole.shape[0]]
         assert float(np.abs(got - whole).max()) <= 1e-4 * max(1.0, float(np.abs(whole).max()))
         assert float(np.abs(stream[LOOKAHEAD_SAMPLES + whole.shape[0]:]).max()) == 0.0  # the padding
+
+
+class _ScriptedGeneration:
+    """Test double of model.generation.Generation: yields fixed items."""
+
+    def __init__(self, items: list[object]) -> None:
+        self.items = items
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("choice", ["mimi", "detokenizer"])
+def test_tts_decodes_frames_with_end_of_audio_in_later_codebooks(both_decoders: Path, choice: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crash `lfm-call tts` had on the offline model: codebooks 1-7 predicting 2048 in a frame."""
+    import model.tools as tools
+    from model.generation import GeneratedItem
+    from model.lfm2_audio import Modality
+
+    frames = [torch.tensor([1, 2048, 3, 4, 5, 6, 7, 8]), torch.tensor([9, 10, 11, 12, 13, 14, 15, 2048]),
+              torch.full((8,), 2048)]
+    items = [GeneratedItem(Modality.AUDIO_OUT, codes=f) for f in frames]
+    monkeypatch.setattr(tools, "start_generation", lambda *a, **k: _ScriptedGeneration(items))
+    loaded = load_model(both_decoders, device="cpu", dtype="float32", audio_decoder=choice)
+    audio = tools.synthesize(loaded, "Hello there.")
+    expected = loaded.decoder.decode(decoder_codes(torch.stack(frames[:2], dim=1)[None]))[0]  # type: ignore[union-attr]
+    assert audio.shape == (2 * 1920,)
+    assert np.allclose(audio, expected.numpy(), atol=1e-6)
