@@ -7,6 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.call_marks import EarMarkCheck, run_mark_summary
 from agent.caller_leg import CallerLeg
 from agent.commands import load_for_settings
 from agent.errors import CliError
@@ -55,11 +56,15 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
     try:
         run = await run_simulation(scenarios, leg_factory, model=runtime.choice.description, transport=transport,
                                    concurrency=concurrency, out_dir=out_dir,
-                                   summary_of=summaries_from(runtime.calls.summaries))
+                                   summary_of=summaries_from(runtime.calls.summaries),
+                                   marks=EarMarkCheck.from_settings(settings))
     finally:
         for stop_server in cleanup:
             await stop_server()
         runtime.close()
+    marked = run_mark_summary(run.calls)
+    if marked:
+        _say(marked)
     passed = sum(1 for c in run.calls if c.passed)
     failed = len(run.calls) - passed
     _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")

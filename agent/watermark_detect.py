@@ -201,7 +201,8 @@ def soft_bits(z: FloatArray, first_index: int, lag: int, polarity: int, key: Wat
         sel = block == b
         if np.count_nonzero(sel) < PERIOD // 4:  # a sliver of a block: too little to add anything
             continue
-        out[int(b)] = np.bincount(slot[sel], weights=product[sel], minlength=BITS_PER_BLOCK)[:BITS_PER_BLOCK]
+        sums: FloatArray = np.bincount(slot[sel], weights=product[sel], minlength=BITS_PER_BLOCK).astype(np.float64)
+        out[int(b)] = sums[:BITS_PER_BLOCK]
     return out
 
 
@@ -385,7 +386,7 @@ class StreamingDetector:
         x = np.asarray(samples)
         if x.ndim != 1:
             raise AudioError(f"detector needs mono audio, got shape {x.shape}")
-        f = x.astype(np.float32) if x.dtype != np.float32 else x
+        f: npt.NDArray[np.float32] = x.astype(np.float32)
         x16 = f if self._resampler is None else self._resampler.process(f)
         z = self._whitener.process(x16.astype(np.float64))
         self._ring = np.concatenate([self._ring, z])
@@ -416,5 +417,5 @@ class StreamingDetector:
         if not isinstance(frame, av.AudioFrame):
             raise AudioError(f"push_frame needs an av.AudioFrame, got {type(frame).__name__}")
         channels = len(frame.layout.channels)
-        pcm = frame.to_ndarray().reshape(-1, channels)[:, 0]
+        pcm: FloatArray = frame.to_ndarray().reshape(-1, channels)[:, 0].astype(np.float64)
         return self.push(pcm, int(frame.sample_rate))
