@@ -188,3 +188,29 @@ def resample_both(stereo: np.ndarray, rate: int) -> np.ndarray:
     right = resample_offline(np.ascontiguousarray(stereo[:, 1]), 16000, rate)
     n = min(left.size, right.size)
     return np.stack([left[:n], right[:n]], axis=1)
+
+
+def test_ear_check_and_record_of_a_simulated_call(tmp_path: Path, stereo_16k: np.ndarray, env: NodeSigner) -> None:
+    from agent.call_marks import EarMarkCheck
+    from agent.report import CallRecord, Segment, TurnRecord, write_call_artifacts
+    from agent.watermark import MarkOptions
+
+    caller_end = int(np.nonzero(stereo_16k[:, 1])[0][0])
+    record = CallRecord(call_id="001-test", scenario="test", model="tiny", transport="inproc", sample_rate=16000,
+                        caller_audio=stereo_16k[:, 0].copy(), heard_audio=stereo_16k[:, 1].copy())
+    end_ms = stereo_16k.shape[0] / 16
+    record.agent_segments = [Segment(caller_end / 16, end_ms, "agent")]
+    record.turns = [TurnRecord(0, caller_end / 16 - 500, None, caller_end / 16, end_ms, epoch=2)]
+    key = WatermarkKey.for_secret("")
+    check = EarMarkCheck(MarkOptions(key, node=9), env, "node-a")
+    record.watermark = check.measure(record, [{"epoch": 2, "first_chunk": 0, "frames": 80, "counters": [0, 1, 2, 3]}],
+                                     key.call_tag("c-1"))
+    assert record.watermark["windows"] >= 3 and record.watermark["detection_rate"] == 1.0
+    assert record.watermark["payload_matches"] is True
+    folder = write_call_artifacts(tmp_path, record, timeline=False).folder
+    signed = check.write_record(folder, record)
+    assert signed is not None and signed.name == "call.provenance.json"
+    data = json.loads(signed.read_text())
+    assert data["utterances"][0]["counters"] == [0, 1, 2, 3] and data["watermark"]["node"] == 9
+    assert verify_record(signed, [env.public_key]).ok
+    assert main(["verify", "--record", str(signed)]) == 0
