@@ -157,8 +157,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     from config.loader import settings_as_dict
 
     settings = _settings(args)
-    sys.stdout.write(yaml.safe_dump(settings_as_dict(settings), sort_keys=False))
+    shown = settings_as_dict(settings)
+    for section in shown.values():  # secrets are never printed
+        for key in section:
+            if any(word in key for word in ("secret", "password", "token")) and section[key]:
+                section[key] = "***"
+    sys.stdout.write(yaml.safe_dump(shown, sort_keys=False))
     return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent import verify
+
+    settings = _settings(args)
+    if args.node_key:
+        code: int = verify.run_node_key(settings)
+    elif args.record:
+        code = verify.run_verify_record(settings, Path(args.record), list(args.public_key or []),
+                                        check_mark=not args.no_mark)
+    elif args.wav:
+        code = verify.run_verify_wav(settings, Path(args.wav), args.alpha, args.json)
+    else:
+        print("lfm-call verify: give FILE.wav, --record RECORD.json or --node-key", file=sys.stderr)
+        code = EXIT_USAGE
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.suite import add_arguments
 
     add_arguments(p)
+    p = add("verify", cmd_verify, "is there watermarked agent speech in a WAV file; is a call's signed "
+            "provenance record genuine (exit 0 yes, 1 no, 2 bad input)")
+    p.add_argument("wav", nargs="?", metavar="FILE.wav", help="recording to search for the agent's watermark")
+    p.add_argument("--record", metavar="RECORD.json", help="check a signed provenance record offline")
+    p.add_argument("--public-key", action="append", metavar="KEY",
+                   help="trusted Ed25519 public key (PEM file or base64), repeatable; replaces the configured ones")
+    p.add_argument("--no-mark", action="store_true", help="with --record: skip the watermark check")
+    p.add_argument("--alpha", type=float, default=1e-4, metavar="P",
+                   help="false-positive probability per 3 s window at the threshold (default 1e-4)")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    p.add_argument("--node-key", action="store_true", help="print this node's public signing key (PEM)")
     p = add("config", cmd_config, "print the effective settings after all layers")
     return parser
 

@@ -125,6 +125,7 @@ class TurnRecord:
     text_generated: str = ""
     text_heard: str = ""
     interrupted: bool = False
+    epoch: int | None = None  # the session's turn epoch (links the reply to its watermark)
 
     @property
     def response_latency_ms(self) -> float | None:
@@ -193,6 +194,8 @@ class CallRecord:
     error: str | None = None
     expectations: list[ExpectationResult] = field(default_factory=list)
     line_stats: dict[str, Any] = field(default_factory=dict)
+    watermark: dict[str, Any] = field(default_factory=dict)  # the mark at the caller's ear (agent.call_marks)
+    provenance: str | None = None  # the signed record's file name, beside call.wav
 
     def metrics(self) -> dict[str, Any]:
         """The values scenario expectations are checked against (see ``agent.scenario``)."""
@@ -346,6 +349,10 @@ def summarize_calls(calls: list[CallRecord]) -> dict[str, Any]:
         summary[name] = _stats([v for m in metrics for v in m[name]])
     for name in ("false_interruptions", "barge_ins", "agent_turns"):
         summary[name] = sum(int(m[name]) for m in metrics)
+    windows = sum(int(c.watermark.get("windows") or 0) for c in calls)
+    detected = sum(int(c.watermark.get("detected") or 0) for c in calls)
+    summary["watermark"] = {"windows": windows, "detected": detected,
+                            "detection_rate": round(detected / windows, 4) if windows else None}
     return summary
 
 

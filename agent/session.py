@@ -55,12 +55,13 @@ from agent.events import (
 )
 from agent.framer import Packetizer
 from agent.log import event, set_call_id
-from agent.playout import BargeInCoordinator, Playout, PlayoutSettings
+from agent.playout import BargeInCoordinator, Interruption, Playout, PlayoutSettings
 from agent.resample import StreamingResampler
 from agent.transport import AudioReceived, CallTransport, DtmfReceived, HungUp, Int16Array
 from agent.turn_taking import TurnState, TurnTaking, TurnTakingSettings
 from agent.vad import VadSettings as TrackerSettings
 from agent.vad import VadTracker, VoiceDetector
+from agent.watermark import CallWatermark, MarkOptions
 from config.schema import Settings
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class CallSummary:
     error: str | None = None
     engine_errors: int = 0
     withdrawn_answers: int = 0  # answers started early, withdrawn because the caller only paused
+    mark: CallWatermark | None = None  # what the agent's audio was watermarked with (agent.watermark)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class SessionOptions:
     turn: TurnTakingSettings = field(default_factory=TurnTakingSettings)
     vad: TrackerSettings = field(default_factory=TrackerSettings)
     playout: PlayoutSettings = field(default_factory=PlayoutSettings)
+    mark: MarkOptions = field(default_factory=MarkOptions)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionOptions:
@@ -151,6 +154,7 @@ class SessionOptions:
                                 start_ms=v.start_ms, stop_ms=v.stop_ms),
             playout=PlayoutSettings(sample_rate=MODEL_OUTPUT_RATE, packet_ms=settings.audio.packet_ms,
                                     output_latency_ms=settings.audio.output_latency_ms),
+            mark=MarkOptions.from_settings(settings),
         )
 
 
@@ -179,6 +183,7 @@ class CallSession:
         self._packetizer = Packetizer(MODEL_OUTPUT_RATE, out_rate=rate, packet_ms=PACKET_MS)
         self._silence_24k = np.zeros(MODEL_OUTPUT_RATE * PACKET_MS // 1000, np.int16)
         self.summary = CallSummary(call_id, time.time(), external_id)
+        self.mark = self.summary.mark = self.options.mark.for_call(call_id)
         self._in_samples = 0  # caller audio received, in 16 kHz samples
         self._out_samples = 0  # agent audio sent, in 16 kHz samples (reference timeline)
         self._out_24k = 0  # agent audio sent, in 24 kHz samples
@@ -392,7 +397,7 @@ class CallSession:
             self._withdraw_early_answer(now)
         elif self.turns.agent_audio_playing or self.turns.state is TurnState.AGENT_THINKING:
             # callers key ahead of a prompt: stop the agent now, keep what was heard
-            interruption = self.coordinator.barge_in(now)
+            interruption = self._stop_agent(now)
             self._flush_transport()
             turn = self._turn_by_epoch.get(interruption.cleared.epoch)
             if turn is not None:
@@ -423,7 +428,7 @@ class CallSession:
             return
         self._early = None
         self.conv.retract()
-        self.coordinator.barge_in(now)  # new epoch: the held audio and late chunks are dropped
+        self._stop_agent(now)  # new epoch: the held audio and late chunks are dropped
         self.summary.turns.remove(early)
         self.summary.withdrawn_answers += 1
         self._feeding = True
@@ -433,10 +438,16 @@ class CallSession:
         self._pause_frames = []
         event(log, "turn.continued", withdrawn_epoch=early.epoch)
 
+    def _stop_agent(self, now: int) -> Interruption:
+        """Clear Playout (new epoch); the watermark's count keeps only what the caller heard."""
+        interruption = self.coordinator.barge_in(now)
+        self.mark.truncate(interruption.cleared.epoch, interruption.cleared.played_frames)
+        return interruption
+
     def _barge_in(self, ev: BargeIn, now: int) -> None:
         held_at = self._held_since if self.playout.held and self._held_since is not None else now
         self._held_since = None
-        interruption = self.coordinator.barge_in(now)
+        interruption = self._stop_agent(now)
         cleared = interruption.cleared
         self._flush_transport()
         metrics = BargeInMetrics(ev.speech_started_ms, now, held_at, cleared.played_frames)
@@ -468,7 +479,10 @@ class CallSession:
                 if live is not None and not live.text_heard:
                     live.text_generated = ev.text  # the transcript so far, while the reply plays
                 delta = ev.text[len(old):] if ev.text.startswith(old) else ev.text
-                self.playout.push(float32_to_int16(ev.pcm), ev.tag, ev.frame_index, delta)
+                pcm = float32_to_int16(ev.pcm)
+                if ev.tag >= self.playout.epoch:  # older epochs are dropped by Playout, unheard
+                    pcm = self.mark.embed(pcm, ev.tag, ev.frame_index)
+                self.playout.push(pcm, ev.tag, ev.frame_index, delta)
             elif isinstance(ev, ReplyFinished):
                 turn = self._turn_by_epoch.get(ev.tag)
                 if turn is not None and not ev.interrupted:

@@ -7,10 +7,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.call_marks import EarMarkCheck, run_mark_summary
 from agent.caller_leg import CallerLeg
 from agent.commands import load_for_settings
 from agent.errors import CliError
 from agent.inproc import InprocLeg
+from agent.provenance import ProvenanceError
 from agent.runtime import Runtime, build_runtime
 from agent.scenario import Scenario, ScenarioError, load_scenarios
 from agent.simulator import run_simulation, summaries_from
@@ -24,7 +26,7 @@ def _say(text: str) -> None:
 
 
 async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenario], transport: str,
-                    concurrency: int, out_dir: Path) -> int:
+                    concurrency: int, out_dir: Path, marks: EarMarkCheck) -> int:
     cleanup: list[Callable[[], Awaitable[object]]] = []
     leg_factory: Callable[[], CallerLeg]
     if transport == "inproc":
@@ -57,11 +59,15 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
         model = f"{runtime.choice.description}; audio decoder: {decoder}"
         run = await run_simulation(scenarios, leg_factory, model=model, transport=transport,
                                    concurrency=concurrency, out_dir=out_dir,
-                                   summary_of=summaries_from(runtime.calls.summaries))
+                                   summary_of=summaries_from(runtime.calls.summaries),
+                                   marks=marks)
     finally:
         for stop_server in cleanup:
             await stop_server()
         runtime.close()
+    marked = run_mark_summary(run.calls)
+    if marked:
+        _say(marked)
     passed = sum(1 for c in run.calls if c.passed)
     failed = len(run.calls) - passed
     _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")
@@ -77,11 +83,15 @@ def run_simulate(settings: Settings, paths: list[str], transport: str, concurren
         raise CliError(str(exc)) from None
     if not scenarios:
         raise CliError("no scenarios to run")
+    try:  # the watermark check at the ear and the signing key for the calls' provenance records
+        marks = EarMarkCheck.from_settings(settings)
+    except ProvenanceError as exc:
+        raise CliError(str(exc)) from None
     loaded, choice = load_for_settings(settings.model)
     _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, concurrency {concurrency}, out {out}")
 
     async def main() -> int:
         runtime = build_runtime(settings, loaded, choice)
-        return await _simulate(settings, runtime, scenarios, transport, concurrency, out)
+        return await _simulate(settings, runtime, scenarios, transport, concurrency, out, marks)
 
     return asyncio.run(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.call_marks import EarMarkCheck, session_marks
 from agent.caller_leg import LEG_PACKET_SAMPLES, LEG_RATE, CallerLeg, Int16Array
 from agent.caller_script import PACKET_MS, CallerScript
 from agent.caller_voice import render_step
@@ -62,7 +63,8 @@ async def render_audio(scenario: Scenario, cache_dir: Path | None) -> dict[int, 
 
 
 async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int16Array], call_id: str,
-                        model: str, transport: str, summary_of: SummaryLookup) -> CallRecord:
+                        model: str, transport: str, summary_of: SummaryLookup,
+                        marks: EarMarkCheck | None = None) -> CallRecord:
     """Run one scenario over `leg` in real time; returns the measured CallRecord."""
     line = LineModel(scenario.line, LEG_RATE, seed=scenario.line.seed,
                      speech_level_dbfs=NOMINAL_LEVEL_DBFS + scenario.caller.volume_db)
@@ -133,6 +135,10 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
         record.error = record.error or "no agent-side summary for this call"
     else:
         merge_summary(record, summary, (summary.started_at - started_wall) * 1000)
+    if marks is not None:  # the mark as the caller heard it, after the line model
+        tag = summary.mark.call_tag if summary is not None and summary.mark is not None else None
+        record.watermark = await asyncio.to_thread(
+            marks.measure, record, session_marks(summary.mark if summary is not None else None), tag)
     record.expectations = evaluate_expectations(scenario.expect, record.metrics())
     return record
 
@@ -158,7 +164,8 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
             index=i, caller_end_ms=caller_end, end_of_turn_ms=eot,
             agent_start_ms=seg.start_ms if heard and seg else None,
             agent_end_ms=seg.end_ms if heard and seg else None,
-            text_generated=turn.text_generated, text_heard=turn.text_heard, interrupted=turn.interrupted))
+            text_generated=turn.text_generated, text_heard=turn.text_heard, interrupted=turn.interrupted,
+            epoch=turn.epoch))
     record.end_of_turn_ms = [t + offset_ms for t in summary.end_of_turns]
     record.vad_segments = [Segment(a + offset_ms, b + offset_ms, "vad") for a, b in summary.vad_segments]
     for b in summary.barge_ins:
@@ -203,7 +210,8 @@ def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:
 
 async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], CallerLeg], *, model: str,
                          transport: str, concurrency: int, out_dir: Path, summary_of: SummaryLookup,
-                         cache_dir: Path | None = None, stagger_ms: int = 150) -> RunRecord:
+                         cache_dir: Path | None = None, stagger_ms: int = 150,
+                         marks: EarMarkCheck | None = None) -> RunRecord:
     run = RunRecord(run_id=time.strftime("run-%Y%m%d-%H%M%S"), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     description={"model": model, "transport": transport, "concurrency": concurrency,
                                  "scenarios": [s.name for s in scenarios]})
@@ -218,11 +226,14 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
             leg = leg_factory()
             call_id = f"{i + 1:03d}-{scenario.name}"
             _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: calling over {leg.description}")
-            record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of)
+            record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of, marks)
             results[i] = record
             # rendering the timeline takes a few hundred ms: off the event loop, where other calls run
             async with artifacts_lock:
-                await asyncio.to_thread(write_call_artifacts, out_dir, record)
+                artifacts = await asyncio.to_thread(write_call_artifacts, out_dir, record)
+                if marks is not None:
+                    signed = await asyncio.to_thread(marks.write_record, artifacts.folder, record)
+                    record.provenance = signed.name if signed is not None else None
             verdict = "PASS" if record.passed else "FAIL"
             failed = [f"{e.name} (got {e.actual})" for e in record.expectations if not e.ok]
             detail = f" error: {record.error}" if record.error else ""

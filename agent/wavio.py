@@ -84,7 +84,7 @@ def _find_chunks(path: PathLike, blob: bytes) -> tuple[bytes, memoryview]:
     return fmt, data
 
 
-def _sample_format(path: PathLike, fmt: bytes) -> tuple[int, int, int, int]:
+def _sample_format(path: PathLike, fmt: bytes, allow_g711: bool = False) -> tuple[int, int, int, int]:
     """Return (format code, channels, sample rate, bits per sample) from a fmt chunk."""
     if len(fmt) < 16:
         raise _fail(path, f"fmt chunk is {len(fmt)} bytes, needs at least 16")
@@ -103,6 +103,10 @@ def _sample_format(path: PathLike, fmt: bytes) -> tuple[int, int, int, int]:
         raise _fail(path, "zero channels")
     if sample_rate == 0:
         raise _fail(path, "sample rate is 0")
+    if allow_g711 and format_code in (WAVE_FORMAT_ALAW, WAVE_FORMAT_MULAW):
+        if bits != 8 or block_align != channels:
+            raise _fail(path, f"G.711 WAV must have 8 bits per sample, got {bits} (block align {block_align})")
+        return format_code, channels, sample_rate, bits
     if format_code not in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT):
         name = _FORMAT_NAMES.get(format_code, f"format code 0x{format_code:04x}")
         raise _fail(path, f"{name} WAV is not supported (only integer PCM and IEEE float)")
@@ -151,6 +155,35 @@ def read_wav(path: PathLike) -> tuple[npt.NDArray[np.int16], int]:
         raise _fail(path, "float samples contain NaN or infinity")
     mono = x.mean(axis=1) if channels > 1 else x[:, 0]
     return float32_to_int16(mono), sample_rate
+
+
+def read_wav_channels(path: PathLike) -> tuple[npt.NDArray[np.float64], int]:
+    """Read a WAV file as ([N, channels] float64 in [-1, 1), sample rate), channels kept apart.
+
+    Accepts what ``read_wav`` accepts, plus G.711 A-law and µ-law WAV (telephone recordings).
+    """
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise _fail(path, f"cannot read: {exc.strerror or exc}") from exc
+    fmt, data = _find_chunks(path, blob)
+    format_code, channels, sample_rate, bits = _sample_format(path, fmt, allow_g711=True)
+    block_align = channels * bits // 8
+    if len(data) % block_align:
+        raise _fail(
+            path, f"truncated: data is {len(data)} bytes, not a whole number of {block_align}-byte frames"
+        )
+    if format_code in (WAVE_FORMAT_ALAW, WAVE_FORMAT_MULAW):
+        from agent.g711 import alaw_decode, ulaw_decode
+
+        decode = alaw_decode if format_code == WAVE_FORMAT_ALAW else ulaw_decode
+        x = decode(bytes(data)).astype(np.float64) / 32768.0
+    else:
+        x = _to_unit_float(format_code, bits, data)
+    x = x.reshape(-1, channels)
+    if not np.all(np.isfinite(x)):
+        raise _fail(path, "float samples contain NaN or infinity")
+    return x, sample_rate
 
 
 def wav_bytes(samples: npt.NDArray[np.int16], sample_rate: int) -> bytes:

@@ -122,6 +122,23 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class WatermarkSettings:
+    enabled: bool = spec(True)
+    secret: str = spec("")
+    node_id: int = spec(0, min=0, max=65535)
+    strength_db: float = spec(-14.0, min=-30.0, max=-6.0)
+
+
+@dataclass(frozen=True)
+class ProvenanceSettings:
+    enabled: bool = spec(True)
+    node_name: str = spec("")
+    signing_key_file: str = spec("")
+    signing_secret: str = spec("")
+    trusted_public_keys: tuple[str, ...] = spec(())
+
+
+@dataclass(frozen=True)
 class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
@@ -131,3 +148,5 @@ class Settings:
     sip: SipSettings = field(default_factory=SipSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    watermark: WatermarkSettings = field(default_factory=WatermarkSettings)
+    provenance: ProvenanceSettings = field(default_factory=ProvenanceSettings)
