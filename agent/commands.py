@@ -50,7 +50,7 @@ def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice
     return loaded, choice
 
 
-def engine_settings(settings: ModelSettings, tiny: bool = False) -> EngineSettings:
+def engine_settings(settings: ModelSettings, tiny: bool = False, slots: int = 16) -> EngineSettings:
     from model.engine import EngineSettings
     from model.lfm2_audio import Sampling
 
@@ -72,6 +72,7 @@ def engine_settings(settings: ModelSettings, tiny: bool = False) -> EngineSettin
         max_context_tokens=settings.max_context_tokens,
         text_sampling=sampling(settings.text_temperature, settings.text_top_k),
         audio_sampling=sampling(audio_temperature, audio_top_k),
+        slots=slots,
     )
 
 

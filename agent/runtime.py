@@ -71,7 +71,7 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     if tiny:
         print(f"model: tiny model: replies capped at {settings.model.tiny_max_reply_ms} ms "
               "(model.tiny_max_reply_ms)", file=sys.stderr)
-    engine = Engine(loaded, engine_settings(settings.model, tiny))
+    engine = Engine(loaded, engine_settings(settings.model, tiny, slots=settings.server.max_calls))
     engine.start()
     manager = CallManager(engine, SessionOptions.from_settings(settings), detector_factory(settings),
                           settings.server.max_calls)

@@ -22,7 +22,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-import model.engine as engine_module
 from model.checkpoint import LoadedModel, build_model, load_model, parse_device, parse_dtype
 from model.engine import AgentAudio, CallConversation, Engine, EngineError, ReplyFinished
 from model.errors import CheckpointError
@@ -423,9 +422,9 @@ async def replies(engine: Engine, clips: list[SpeechClip], together: bool) -> tu
 class MathClock:
     """Seconds spent in model math inside the engine's generation steps.
 
-    Wraps (while installed) every model call a step makes: the batched backbone step, the batched
-    depthformer, text logits and sampling, embeddings, the backbone forward (used when a reply is
-    closed) and Mimi's decode step. Time is counted only while ``Engine._step`` runs and only for
+    Wraps (while installed) every model call a step makes: the batched generation step (backbone,
+    text logits, depthformer, sampling, embeddings), the backbone forward (used when a reply is
+    closed) and the audio decoder's streaming step. Time is counted only while ``Engine._step`` runs and only for
     the outermost wrapped call; the device is synchronised around each call.
     """
 
@@ -461,13 +460,13 @@ class MathClock:
     def installed(self, engine: Engine) -> Iterator[MathClock]:
         loaded = engine.loaded
         model = loaded.model
-        saved_module = {name: getattr(engine_module, name)
-                        for name in ("backbone_step", "audio_frames", "sample_from_logits")}
+        engine.pool  # noqa: B018  (makes the batched step, so it can be wrapped)
+        generation_step = engine._gen_step
+        assert generation_step is not None
+        engine._gen_step = self._timed("generation_step", generation_step)  # type: ignore[assignment]
         instance_patches: list[tuple[Any, str]] = [(model.lfm, "text_logits"), (model.lfm, "forward"),
                                                    (model, "embed_text"), (model, "embed_audio_frames"),
-                                                   (loaded.mimi, "decode_step")]
-        for name, fn in saved_module.items():
-            setattr(engine_module, name, self._timed(name, fn))
+                                                   (engine.streams, "step"), (engine.streams, "flush")]
         for obj, name in instance_patches:
             obj.__dict__[name] = self._timed(name, getattr(obj, name))
         original_step = engine._step
@@ -484,10 +483,9 @@ class MathClock:
             yield self
         finally:
             del engine.__dict__["_step"]
+            engine._gen_step = generation_step
             for obj, name in instance_patches:
                 del obj.__dict__[name]
-            for name, fn in saved_module.items():
-                setattr(engine_module, name, fn)
 
 
 async def wait_idle(engine: Engine, timeout_s: float = EVENT_TIMEOUT_S) -> None:

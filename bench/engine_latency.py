@@ -62,9 +62,10 @@ class Plan:
 
 
 def make_engine(loaded: LoadedModel, mode: str, reply_items: int, chunk_frames: int = 8,
-                left_context_frames: int = 16) -> Engine:
+                left_context_frames: int = 16, slots: int = 64) -> Engine:
     engine = Engine(loaded, EngineSettings(input_mode=mode, max_reply_items=reply_items, chunk_frames=chunk_frames,
-                                           left_context_frames=left_context_frames))
+                                           left_context_frames=left_context_frames, slots=slots,
+                                           max_context_tokens=4096))
     engine.start()
     return engine
 

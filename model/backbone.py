@@ -112,6 +112,14 @@ class BackboneState:
                 self.values.append(torch.zeros(batch_size, kvh, kv_capacity, hd, device=device, dtype=dtype))
         self._saved: dict[int, list[torch.Tensor | None]] = {0: [None if c is None else c.clone() for c in self.conv]}
 
+    def reset(self) -> None:
+        """An empty conversation (K/V buffers kept, conv state zeroed, marks dropped)."""
+        for c in self.conv:
+            if c is not None:
+                c.zero_()
+        self.position = 0
+        self._saved = {0: [None if c is None else c.clone() for c in self.conv]}
+
     @property
     def kv_capacity(self) -> int:
         for k in self.keys:
@@ -184,7 +192,7 @@ class Lfm2ShortConv(nn.Module):
             assert past is not None
             full = torch.cat((past, bx), dim=-1)
             conv_out = F.conv1d(full, self.conv.weight, self.conv.bias, groups=full.shape[1])
-            state.conv[layer_idx] = full[..., full.shape[-1] - past.shape[-1] :].clone()
+            past.copy_(full[..., full.shape[-1] - past.shape[-1] :])  # in place: a slot's state is a view
         y = c_gate * conv_out
         return self.out_proj(y.transpose(-1, -2).contiguous())
 

@@ -1,90 +1,154 @@
-"""Batched generation steps across conversations that sit at different positions.
+"""One generation step for every call at once, over the static slots of a ``BackbonePool``.
 
-The engine's worker steps every generating call together: one backbone position per call and,
-for the calls whose next item is audio, one depthformer frame per call. Each call keeps its own
-`BackboneState` (batch 1, its own length); the matrix work (projections, convolutions, SwiGLU,
-norms, depthformer) runs once on the stacked batch, and only the attention over each call's own
-K/V runs per call. The results equal stepping each call alone (tested), which is what makes
-batching a pure capacity gain.
+``GenerationStep(model, pool)`` runs, for rows ``0 .. B-1`` of the pool (B = the highest slot in
+use + 1, or the batch bucket it is captured for):
+
+1. the backbone for one position per row: the short convolutions from each slot's conv state, and
+   ONE masked attention over every row's K/V (``[B, Hkv, kv_len, hd]``, keys past a row's length
+   masked), its new K and V written in place at the row's position (rows that do not advance write
+   to the pool's last, never-valid position); rows that do not advance keep their conv state and
+   position (``torch.where``), and their given hidden state passes through;
+2. text logits and one sampled token per row;
+3. one depthformer frame per row (8 codebooks, sampled);
+4. the item each row asked for (``want_audio``), a forced token where one is given (greetings),
+   the end-of-audio rule (codebook 0 decides; the whole frame becomes 2048), and each item's
+   embedding, which is the next step's input.
+
+Everything is tensor work with shapes fixed by (B, kv_len): no host synchronisation, no Python
+branch on a tensor value, the same ops whatever B is. That is what lets the step be captured as a
+CUDA graph per batch bucket (``model.step_capture``), and what ``bench --sections capture`` proves
+on the CPU (no graph break under ``torch.compile(fullgraph=True)``, runs on the meta device, equal
+op counts at every batch size). The host reads ONE packed tensor back per step (``packed``: the
+token and the 8 codes of every row).
+
+Sampling is vectorised: greedy rows take the argmax; sampled rows add Gumbel noise to the
+temperature-scaled logits restricted to their top k (the Gumbel-max trick draws from the softmax).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from model.backbone import BackboneState, Lfm2Backbone, Lfm2DecoderLayer, attend, rope_cos_sin
-from model.lfm2_audio import LFM2AudioModel, Sampling
+from model.backbone import Lfm2Backbone, Lfm2DecoderLayer, rope_cos_sin
+from model.lfm2_audio import END_OF_AUDIO, LFM2AudioModel, Sampling, sample_rows
+from model.pool import BackbonePool
+
+_GQA_NATIVE = "enable_gqa" in F.scaled_dot_product_attention.__doc__  # torch >= 2.5
 
 
-def _conv_step(layer: Lfm2DecoderLayer, x: torch.Tensor, states: list[BackboneState]) -> torch.Tensor:
+@dataclass(frozen=True)
+class StepSampling:
+    """Sampling of a whole engine (every call uses the same settings): static per captured step."""
+
+    text_temperature: float = 0.0
+    text_top_k: int = 0
+    audio_temperature: float = 0.0
+    audio_top_k: int = 0
+
+    @classmethod
+    def of(cls, text: Sampling, audio: Sampling) -> StepSampling:
+        def t(s: Sampling) -> float:
+            return 0.0 if s.greedy or s.temperature is None else float(s.temperature)
+
+        return cls(t(text), int(text.top_k or 0), t(audio), int(audio.top_k or 0))
+
+
+def _conv_rows(layer: Lfm2DecoderLayer, x: torch.Tensor, past: torch.Tensor,
+               advance: torch.Tensor) -> torch.Tensor:
     conv = layer.conv
-    idx = layer.layer_idx
     b_gate, c_gate, h = conv.in_proj(x).transpose(-1, -2).chunk(3, dim=-2)  # each [B, D, 1]
-    bx = b_gate * h
-    pasts = []
-    for s in states:
-        past = s.conv[idx]
-        assert past is not None
-        pasts.append(past)
-    full = torch.cat((torch.cat(pasts, dim=0), bx), dim=-1)  # [B, D, width]
-    conv_out = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=full.shape[1])
-    width = pasts[0].shape[-1]
-    tail = full[..., full.shape[-1] - width :]
-    for b, s in enumerate(states):
-        s.conv[idx] = tail[b : b + 1].clone()
-    y = c_gate * conv_out
-    return conv.out_proj(y.transpose(-1, -2).contiguous())
+    full = torch.cat((past, b_gate * h), dim=-1)
+    out = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=full.shape[1])
+    past.copy_(torch.where(advance[:, None, None], full[..., 1:], past))
+    return conv.out_proj((c_gate * out).transpose(-1, -2).contiguous())
 
 
-def _attention_step(layer: Lfm2DecoderLayer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                    states: list[BackboneState]) -> torch.Tensor:
+def _attention_rows(layer: Lfm2DecoderLayer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                    keys: torch.Tensor, values: torch.Tensor, write_at: torch.Tensor, valid: torch.Tensor,
+                    rows: torch.Tensor) -> torch.Tensor:
     attn = layer.self_attn
-    idx = layer.layer_idx
     bsz = x.shape[0]
-    q, k, v = attn.qkv(x, rope)  # rope [B, 1, 1, head_dim]: one position per conversation
-    outs = []
-    for b, s in enumerate(states):
-        keys, values = s.keys[idx], s.values[idx]
-        assert keys is not None and values is not None
-        p = s.position
-        keys[:, :, p : p + 1] = k[b : b + 1]
-        values[:, :, p : p + 1] = v[b : b + 1]
-        outs.append(attend(q[b : b + 1], keys[:, :, : p + 1], values[:, :, : p + 1], p))
-    out = torch.cat(outs, dim=0)
+    q, k, v = attn.qkv(x, rope)  # q [B, H, 1, hd], k/v [B, Hkv, 1, hd]
+    keys[rows, :, write_at] = k[:, :, 0]
+    values[rows, :, write_at] = v[:, :, 0]
+    kv_len = valid.shape[-1]
+    kk, vv = keys[:, :, :kv_len], values[:, :, :kv_len]
+    mask = valid[:, None, None, :]
+    if q.shape[1] != kk.shape[1]:
+        if _GQA_NATIVE:
+            out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, enable_gqa=True)
+        else:  # pragma: no cover - torch < 2.5
+            n_rep = q.shape[1] // kk.shape[1]
+            out = F.scaled_dot_product_attention(q, kk.repeat_interleave(n_rep, 1), vv.repeat_interleave(n_rep, 1),
+                                                 attn_mask=mask)
+    else:
+        out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
     return attn.out_proj(out.transpose(1, 2).reshape(bsz, 1, -1))
 
 
-def backbone_step(backbone: Lfm2Backbone, embeds: torch.Tensor, states: list[BackboneState]) -> torch.Tensor:
-    """One position for each of B conversations: embeds [B, hidden] -> final-normed hidden [B, hidden].
-
-    Advances every state by one position. Equivalent to `backbone(embeds[b, None, None], states[b])`
-    for each b.
-    """
-    if embeds.dim() != 2 or embeds.shape[0] != len(states):
-        raise ValueError(f"embeds must be [{len(states)}, hidden], got {list(embeds.shape)}")
-    for s in states:
-        if s.batch_size != 1:
-            raise ValueError("backbone_step takes per-conversation states of batch 1")
-        s.reserve(s.position + 1)
+def backbone_rows(backbone: Lfm2Backbone, pool: BackbonePool, embeds: torch.Tensor, advance: torch.Tensor,
+                  kv_len: int) -> torch.Tensor:
+    """One position for rows 0..B-1 of ``pool`` (B = embeds.shape[0]); rows with ``advance`` False keep
+    their state. ``kv_len`` (static) must exceed every advancing row's position. Returns the
+    final-normed hidden [B, hidden]."""
+    bsz = embeds.shape[0]
     cfg = backbone.config
-    positions = torch.tensor([s.position for s in states], device=embeds.device)
+    positions = pool.positions[:bsz]
+    trash = pool.context - 1  # never a valid position: rows that do not advance write here
+    write_at = torch.where(advance, positions, torch.full_like(positions, trash))
+    valid = torch.arange(kv_len, device=embeds.device)[None, :] <= positions[:, None]
+    rows = torch.arange(bsz, device=embeds.device)
     cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, embeds.dtype)
     rope = (cos[:, None, None, :], sin[:, None, None, :])
     h = embeds[:, None, :]
-    for layer in backbone.layers:
+    for i, layer in enumerate(backbone.layers):
         assert isinstance(layer, Lfm2DecoderLayer)
         x = layer.operator_norm(h)
-        x = _attention_step(layer, x, rope, states) if layer.is_attention else _conv_step(layer, x, states)
+        if layer.is_attention:
+            keys, values = pool.keys[i], pool.values[i]
+            assert keys is not None and values is not None
+            x = _attention_rows(layer, x, rope, keys[:bsz], values[:bsz], write_at, valid, rows)
+        else:
+            conv = pool.conv[i]
+            assert conv is not None
+            x = _conv_rows(layer, x, conv[:bsz], advance)
         x = x + h
         h = x + layer.feed_forward(layer.ffn_norm(x))
-    for s in states:
-        s.position += 1
+    positions.add_(advance.to(positions.dtype))
     out: torch.Tensor = backbone.embedding_norm(h)[:, 0]
     return out
 
 
-def audio_frames(model: LFM2AudioModel, hidden: torch.Tensor, samplings: list[Sampling],
-                 generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
-    """Depthformer for B conversations at once: hidden [B, hidden] -> codes [B, codebooks] (int64)."""
-    return model.sample_audio_frames(hidden, samplings, generators)[0]
+@dataclass
+class StepOutput:
+    hidden: torch.Tensor       # [B, hidden] the backbone output that decided each row's item
+    next_embeds: torch.Tensor  # [B, hidden] embedding of each row's item: the next step's input
+    packed: torch.Tensor       # [B, 1 + codebooks] int64: token, then the frame's codes (2048 x 8 = end of audio)
+
+
+class GenerationStep:
+    """The whole per-step computation for rows 0..B-1 (see the module docstring)."""
+
+    def __init__(self, model: LFM2AudioModel, pool: BackbonePool, sampling: StepSampling = StepSampling()) -> None:
+        self.model = model
+        self.pool = pool
+        self.sampling = sampling
+
+    @torch.no_grad()
+    def __call__(self, embeds: torch.Tensor, advance: torch.Tensor, hidden_in: torch.Tensor, want_audio: torch.Tensor,
+                 forced: torch.Tensor, kv_len: int) -> StepOutput:
+        model, s = self.model, self.sampling
+        hidden = backbone_rows(model.lfm, self.pool, embeds, advance, kv_len)
+        hidden = torch.where(advance[:, None], hidden, hidden_in)
+        tokens = sample_rows(model.lfm.text_logits(hidden), s.text_temperature, s.text_top_k)
+        tokens = torch.where(forced >= 0, forced, tokens)
+        codes, _ = model.depth_frames(hidden, lambda logits: sample_rows(logits, s.audio_temperature, s.audio_top_k))
+        codes = torch.where(codes[:, :1] == END_OF_AUDIO, torch.full_like(codes, END_OF_AUDIO), codes)
+        audio_emb = model.embed_audio_frames(codes)
+        text_emb = model.embed_text(tokens)
+        next_embeds = torch.where(want_audio[:, None], audio_emb, text_emb)
+        packed = torch.cat((tokens[:, None], codes), dim=1)
+        return StepOutput(hidden, next_embeds, packed)

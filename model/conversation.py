@@ -32,6 +32,7 @@ import torch
 
 from model.backbone import BackboneState
 from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling
+from model.pool import SlotState
 from model.schedule import TEXT_END, InterleavedSchedule, SequentialSchedule
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class GenJob:
     """A reply (or greeting) being generated: one per conversation at most."""
 
     reply_id: int
-    state: BackboneState
+    state: BackboneState | SlotState
     schedule: InterleavedSchedule | SequentialSchedule
     text_sampling: Sampling
     audio_sampling: Sampling
@@ -105,7 +106,7 @@ class GenJob:
 class Conversation:
     """Worker-side state of one call. Only the engine's worker thread touches it."""
 
-    def __init__(self, conv_id: int, loaded: LoadedModel, state: BackboneState, input_settings: InputSettings,
+    def __init__(self, conv_id: int, loaded: LoadedModel, state: BackboneState | SlotState, input_settings: InputSettings,
                  max_context_tokens: int, reply_reserve_tokens: int) -> None:
         self.id = conv_id
         self.loaded = loaded
@@ -193,7 +194,8 @@ class Conversation:
 
     def rebuild_state(self) -> None:
         """A fresh backbone state holding exactly `turns` (used after dropping turns)."""
-        self.state = self.model.lfm.new_state(batch_size=1, kv_capacity=max(256, self.history_positions + 64))
+        self.state.reset()
+        self.state.reserve(self.history_positions + 64)
         chunk: list[torch.Tensor] = []
         size = 0
         for turn in self.turns:

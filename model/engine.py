@@ -45,10 +45,11 @@ import numpy as np
 import torch
 
 from model.audio_decoder import FRAME_SAMPLES, DecoderStreams, decoder_codes
-from model.batched import audio_frames, backbone_step
+from model.batched import GenerationStep, StepSampling
 from model.checkpoint import LoadedModel
 from model.conversation import Conversation, GenJob, InputSettings
-from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling, sample_from_logits
+from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling
+from model.pool import BackbonePool, SlotState
 from model.schedule import IM_END
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class EngineSettings:
     audio_sampling: Sampling = Sampling()
     command_queue_size: int = 4096
     seed: int = 0
+    slots: int = 16  # calls the static backbone state holds (the server's max_calls)
 
 
 # -- events sent to a call --------------------------------------------------------------------------
@@ -221,6 +223,28 @@ class Engine:
         self.step_seconds: list[float] = []
         self.fault_hook: Callable[[list[int]], None] | None = None  # tests inject failures here
         self._streams: DecoderStreams | None = None
+        self._pool: BackbonePool | None = None
+        self._gen_step: GenerationStep | None = None
+        self._pending: torch.Tensor | None = None  # [slots, hidden] each slot's next input (the step writes it)
+
+    @property
+    def pool(self) -> BackbonePool:
+        """Every call's backbone state, in static slots (made on first use, in the worker)."""
+        if self._pool is None:
+            s, model = self.settings, self.loaded.model
+            w = model.lfm.embed_tokens.weight
+            self._pool = BackbonePool(model.config.lfm, s.slots, s.max_context_tokens + 1, w.device, w.dtype)
+            self._gen_step = GenerationStep(model, self._pool, StepSampling.of(s.text_sampling, s.audio_sampling))
+            self._pending = torch.zeros(s.slots, model.config.lfm.hidden_size, device=w.device, dtype=w.dtype)
+        return self._pool
+
+    def _release_conversation(self, conv: Conversation | None) -> None:
+        if conv is None:
+            return
+        if conv.job is not None:
+            self._release_stream(conv.job)
+        if isinstance(conv.state, SlotState) and self._pool is not None and conv.state.pool is self._pool:
+            self._pool.close_state(conv.state)
 
     @property
     def streams(self) -> DecoderStreams:
@@ -288,7 +312,8 @@ class Engine:
                 call.emit(EngineError(None, f"engine worker died: {exc!r}"))
                 call.conv = None
             self._calls.clear()
-            self._streams = None  # every stream belonged to a call that is gone
+            self._streams = None  # every stream and slot belonged to a call that is gone
+            self._pool = self._gen_step = self._pending = None
             self.restarts += 1
             if not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="lfm-engine", daemon=True)
@@ -308,7 +333,7 @@ class Engine:
 
     def _new_conversation(self, conv_id: int, instructions: str) -> Conversation:
         s = self.settings
-        state = self.loaded.model.lfm.new_state(batch_size=1, kv_capacity=512)
+        state = self.pool.open_state()
         conv = Conversation(conv_id, self.loaded, state, InputSettings(s.input_mode, s.chunk_frames,
                                                                         s.left_context_frames,
                                                                         s.right_context_frames),
@@ -382,9 +407,8 @@ class Engine:
                 if job is not None and conv.retract_reply():
                     call.emit(ReplyFinished(job.reply_id, "", 0, True, job.audio_frames, job.tag))
         elif cmd.kind == "close":
-            if conv.job is not None:
-                self._release_stream(conv.job)
-                conv.job = None
+            self._release_conversation(conv)
+            conv.job = None
             del self._calls[cmd.conv_id]
 
     def _start_greeting(self, call: _Call, text: str, tag: int) -> None:
@@ -438,8 +462,8 @@ class Engine:
                 if call is None:
                     continue
                 reply_id = call.conv.job.reply_id if call.conv is not None and call.conv.job else None
-                if call.conv is not None and call.conv.job is not None:
-                    self._release_stream(call.conv.job)
+                self._release_conversation(call.conv)
+                call.conv = None
                 call.emit(EngineError(reply_id, f"model step failed: {exc}"))
                 call.respond_requested = call.end_turn_requested = False
                 call.deferred_frames = []
@@ -463,67 +487,90 @@ class Engine:
             del self.step_seconds[:5000]
 
     def _step(self, active: list[tuple[int, _Call]]) -> None:
-        model = self.loaded.model
+        """ONE batched step for every generating call (``model.batched.GenerationStep``), then each
+        call's schedule, events and audio from the one packed tensor read back."""
         jobs: list[tuple[_Call, GenJob]] = []
         for _, call in active:
             assert call.conv is not None and call.conv.job is not None
-            jobs.append((call, call.conv.job))
-        # 1. backbone: calls whose last item is not consumed yet
-        need = [(c, j) for c, j in jobs if j.last_hidden is None]
-        if need:
-            embeds = torch.stack([j.pending for _, j in need if j.pending is not None])
-            hidden = backbone_step(model.lfm, embeds, [j.state for _, j in need])
-            for b, (_, j) in enumerate(need):
-                j.last_hidden = hidden[b]
-                j.pending = None
-        # 2. decide each call's item
-        text_jobs, audio_jobs = [], []
-        for c, j in jobs:
-            if len(j.items) >= j.max_items:
-                j.done = True
-                continue
-            (text_jobs if j.schedule.begin_step() == Modality.TEXT else audio_jobs).append((c, j))
-        if text_jobs:
-            hidden = torch.stack([j.last_hidden for _, j in text_jobs if j.last_hidden is not None])
-            logits = model.lfm.text_logits(hidden)
-            for b, (c, j) in enumerate(text_jobs):
+            job = call.conv.job
+            if len(job.items) >= job.max_items:
+                job.done = True
+            else:
+                jobs.append((call, job))
+        if jobs:
+            self._run_step(jobs)
+        for c, j in ((call, call.conv.job) for _, call in active if call.conv is not None and call.conv.job):
+            if j.done:
+                self._finish(c, keep=None)
+
+    def _run_step(self, jobs: list[tuple[_Call, GenJob]]) -> None:
+        pool = self.pool
+        assert self._gen_step is not None and self._pending is not None
+        rows = pool.active_rows
+        hidden_size = self._pending.shape[1]
+        advance = torch.zeros(rows, dtype=torch.bool)
+        want_audio = torch.zeros(rows, dtype=torch.bool)
+        forced = torch.full((rows,), -1, dtype=torch.long)
+        given: list[tuple[int, torch.Tensor]] = []
+        modalities: dict[int, Modality] = {}
+        kv_len = 1
+        for _, j in jobs:
+            assert isinstance(j.state, SlotState)
+            r = j.state.slot
+            modality = modalities[r] = j.schedule.begin_step()
+            want_audio[r] = modality == Modality.AUDIO_OUT
+            if j.last_hidden is None:
+                assert j.pending is not None
+                if j.pending.data_ptr() != self._pending[r].data_ptr():
+                    self._pending[r] = j.pending
+                advance[r] = True
+                kv_len = max(kv_len, j.state.position + 1)
+            else:
+                given.append((r, j.last_hidden))
+            if modality == Modality.TEXT:
                 if j.forced:
-                    token = j.forced.pop(0)
+                    forced[r] = j.forced[0]
                 elif j.kind == "greeting" and j.schedule.text_done:
-                    token = IM_END  # the greeting's audio has ended: so has its turn
-                else:
-                    token = sample_from_logits(logits[b], j.text_sampling)
-                j.last_hidden = None
+                    forced[r] = IM_END  # the greeting's audio has ended: so has its turn
+        device = self._pending.device
+        hidden_in = torch.zeros(rows, hidden_size, device=device, dtype=self._pending.dtype)
+        if given:
+            hidden_in[torch.tensor([r for r, _ in given], device=device)] = torch.stack([h for _, h in given])
+        out = self._gen_step(self._pending[:rows], advance.to(device), hidden_in, want_audio.to(device),
+                             forced.to(device), kv_len)
+        self._pending[:rows] = out.next_embeds
+        packed = out.packed.cpu()  # the one device-to-host copy of the step
+        decode: list[tuple[_Call, GenJob, torch.Tensor]] = []
+        ended: list[tuple[_Call, GenJob]] = []
+        for c, j in jobs:
+            assert isinstance(j.state, SlotState)
+            r = j.state.slot
+            if advance[r]:
+                j.state.advanced()
+            j.last_hidden = None
+            j.pending = self._pending[r]
+            if modalities[r] == Modality.TEXT:
+                token = int(packed[r, 0])
+                if forced[r] >= 0 and j.forced:
+                    j.forced.pop(0)
                 if j.schedule.after_text(token):
                     j.items.append((Modality.TEXT, token, None))
                     j.text_ids.append(token)
                     c.reply_text = self.loaded.tokenizer.decode(j.text_ids, skip_special_tokens=True)
                 if j.schedule.finished:
                     j.done = True
-                else:
-                    j.pending = model.embed_text(torch.tensor([token], device=hidden.device))[0]
-        if audio_jobs:
-            hidden = torch.stack([j.last_hidden for _, j in audio_jobs if j.last_hidden is not None])
-            codes = audio_frames(model, hidden, [j.audio_sampling for _, j in audio_jobs])
-            decode: list[tuple[_Call, GenJob, torch.Tensor]] = []
-            ended: list[tuple[_Call, GenJob]] = []
-            for b, (c, j) in enumerate(audio_jobs):
-                frame = codes[b]
-                eoa = int(frame[0]) == END_OF_AUDIO
-                if eoa:
-                    frame = torch.full_like(frame, END_OF_AUDIO)
-                    ended.append((c, j))
-                else:
-                    decode.append((c, j, frame))
-                j.schedule.after_audio(eoa)
-                j.last_hidden = None
-                j.items.append((Modality.AUDIO_OUT, None, frame.cpu()))
-                j.pending = model.embed_audio_frames(frame)
-            self._decode_frames(decode)
-            self._flush_tails(ended)
-        for c, j in jobs:
-            if j.done:
-                self._finish(c, keep=None)
+                    j.pending = None
+                continue
+            frame = packed[r, 1:]
+            eoa = int(frame[0]) == END_OF_AUDIO
+            j.schedule.after_audio(eoa)
+            j.items.append((Modality.AUDIO_OUT, None, frame))
+            if eoa:
+                ended.append((c, j))
+            else:
+                decode.append((c, j, out.packed[r, 1:]))
+        self._decode_frames(decode)
+        self._flush_tails(ended)
 
     # -- audio decoding ------------------------------------------------------------------------------------
     def _decode_frames(self, work: list[tuple[_Call, GenJob, torch.Tensor]]) -> None:
@@ -535,8 +582,8 @@ class Engine:
         frames = torch.stack([f for _, _, f in work])
         pcm = self.streams.step([int(s) for s in slots if s is not None], decoder_codes(frames)).cpu().numpy()
         for row, (c, j, frame) in enumerate(work):
-            c.emit(AgentAudio(j.reply_id, j.chunks, pcm[row], c.reply_text,
-                              tuple(int(x) for x in frame.tolist()), j.tag))
+            c.emit(AgentAudio(j.reply_id, j.chunks, pcm[row], c.reply_text, tuple(int(x) for x in frame.tolist()),
+                              j.tag))
             j.audio_frames += 1
             j.chunks += 1
             j.decoder_open = True

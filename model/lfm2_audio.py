@@ -10,6 +10,7 @@ plus the buffers ``codebook_offsets`` and ``audio_loss_weights`` (training only)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -46,6 +47,19 @@ class Sampling:
 
 
 GREEDY = Sampling()
+
+
+def sample_rows(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """One id per row of logits [B, V] with ONE setting for all rows, as pure tensor work (no host sync):
+    argmax when greedy, else Gumbel-max over the temperature-scaled top k (a draw from the softmax)."""
+    if temperature <= 0 or top_k == 1:
+        return logits.argmax(-1)
+    scaled = logits.float() / temperature
+    if 0 < top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    u = torch.rand_like(scaled).clamp_(min=1e-20, max=1.0 - 1e-7)
+    return (scaled - torch.log(-torch.log(u))).argmax(-1)
 
 
 def sample_from_logits(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
@@ -149,27 +163,35 @@ class LFM2AudioModel(nn.Module):
     def sample_audio_frames(self, hidden: torch.Tensor, samplings: list[Sampling],
                             generators: list[torch.Generator | None] | None = None,
                             keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The depthformer for B frames at once: hidden [B, hidden] -> (codes [B, codebooks] int64,
-        logits [B, codebooks, 2049] or None). Codebook i's input is depth_linear's row i plus the raw
-        embedding of codebook i-1's code; the KV cache is fresh per frame and grows over the codebooks."""
-        bsz = hidden.shape[0]
-        dim = self.config.depthformer.dim
+        """``depth_frames`` with each row's own sampling (and generator): hidden [B, hidden] -> (codes
+        [B, codebooks] int64, logits [B, codebooks, 2049] or None)."""
+        gens = generators or [None] * hidden.shape[0]
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            if all(s.greedy for s in samplings):
+                return logits.argmax(-1)
+            return torch.tensor([sample_from_logits(logits[b], samplings[b], gens[b]) for b in range(logits.shape[0])],
+                                dtype=torch.long, device=logits.device)
+
+        codes, logits = self.depth_frames(hidden, pick)
+        return codes, (logits if keep_logits else None)
+
+    def depth_frames(self, hidden: torch.Tensor,
+                     pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The depthformer for B frames at once: hidden [B, hidden] -> (codes [B, codebooks] int64, logits
+        [B, codebooks, 2049]); ``pick`` turns a codebook's logits [B, 2049] into codes [B]. Codebook i's input
+        is depth_linear's row i plus the raw embedding of codebook i-1's code; the KV cache is fresh per
+        frame and grows over the codebooks."""
+        bsz, dim = hidden.shape[0], self.config.depthformer.dim
         depth_in = self.depth_linear(hidden).view(bsz, self.codebooks, dim)
         token_emb = torch.zeros_like(depth_in[:, 0])
         cache = self.depthformer.new_cache()
-        codes = torch.empty(bsz, self.codebooks, dtype=torch.long, device=hidden.device)
-        gens = generators or [None] * bsz
-        all_greedy = all(s.greedy for s in samplings)
-        kept: list[torch.Tensor] = []
+        codes, kept = [], []
         for i in range(self.codebooks):
             out = self.depthformer((depth_in[:, i] + token_emb)[:, None, :], cache)
             logits = self.depth_embeddings[i].get_logits(out[:, 0])  # [B, 2049]
-            if keep_logits:
-                kept.append(logits)
-            if all_greedy:
-                codes[:, i] = logits.argmax(-1)
-            else:
-                for b in range(bsz):
-                    codes[b, i] = sample_from_logits(logits[b], samplings[b], gens[b])
-            token_emb = self.depth_embeddings[i].embedding.weight[codes[:, i]]
-        return codes, (torch.stack(kept, dim=1) if keep_logits else None)
+            code = pick(logits)
+            codes.append(code)
+            kept.append(logits)
+            token_emb = self.depth_embeddings[i].embedding.weight[code]
+        return torch.stack(codes, dim=1), torch.stack(kept, dim=1)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.batched import audio_frames, backbone_step
+from model.batched import backbone_rows
 from model.checkpoint import LoadedModel, load_model
 from model.conversation import Conversation, InputSettings, Segment, heard_items
 from model.engine import AgentAudio, CallConversation, Engine, EngineError, EngineSettings, ReplyFinished
-from model.lfm2_audio import Modality, Sampling
+from model.lfm2_audio import Modality
+from model.pool import BackbonePool
 
 FRAME = 1280
 
@@ -49,30 +50,62 @@ def feed(conv: CallConversation, wave: np.ndarray) -> None:
         conv.feed(wave[i : i + FRAME])
 
 
-def test_backbone_step_batched_equals_one_by_one(loaded: LoadedModel) -> None:
+def test_backbone_rows_batched_equal_one_by_one_and_idle_rows_keep_their_state(loaded: LoadedModel) -> None:
+    """One masked attention over static slots equals each conversation stepped alone; a row that does not
+    advance (a call in prefill, a free slot) keeps its conv state, K/V and position."""
     lfm = loaded.model.lfm
     gen = torch.Generator().manual_seed(0)
-    lengths = [3, 11, 7]
-    solo_states, batch_states = [], []
-    for n in lengths:
+    lengths = [3, 11, 7, 5]
+    pool = BackbonePool(lfm.config, slots=4, context=64, device="cpu", dtype=torch.float32)
+    slot_states = [pool.open_state() for _ in lengths]
+    solo_states = []
+    for n, slot in zip(lengths, slot_states, strict=True):
         prompt = torch.randn(1, n, lfm.config.hidden_size, generator=gen)
-        a, b = lfm.new_state(), lfm.new_state()
+        a = lfm.new_state()
         lfm(prompt, a)
-        lfm(prompt, b)
+        lfm(prompt, slot)
         solo_states.append(a)
-        batch_states.append(b)
+    idle = 2  # row 2 stays out of the steps
+    frozen = [c.clone() for c in slot_states[idle].conv if c is not None]
+    advance = torch.tensor([i != idle for i in range(len(lengths))])
     for _ in range(4):
         x = torch.randn(len(lengths), lfm.config.hidden_size, generator=gen)
-        batched = backbone_step(lfm, x, batch_states)
-        solo = torch.stack([lfm(x[i, None, None], s)[0, -1] for i, s in enumerate(solo_states)])
-        torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)
-    assert [s.position for s in batch_states] == [n + 4 for n in lengths]
+        kv_len = max(s.position for s in slot_states) + 1
+        batched = backbone_rows(lfm, pool, x, advance, kv_len)
+        for i, s in enumerate(slot_states):
+            if advance[i]:
+                s.advanced()
+                solo = lfm(x[i, None, None], solo_states[i])[0, -1]
+                torch.testing.assert_close(batched[i], solo, atol=1e-5, rtol=1e-5)
+    assert [s.position for s in slot_states] == [n + (4 if i != idle else 0) for i, n in enumerate(lengths)]
+    assert pool.positions.tolist() == [s.position for s in slot_states]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, [c for c in slot_states[idle].conv if c is not None],
+                                                   strict=True))
+    # the idle conversation goes on exactly as if nothing had happened around it
+    y = torch.randn(1, 1, lfm.config.hidden_size, generator=gen)
+    torch.testing.assert_close(lfm(y, slot_states[idle]), lfm(y, solo_states[idle]), atol=1e-5, rtol=1e-5)
+
+
+def test_slot_truncate_equals_a_fresh_prefill(loaded: LoadedModel) -> None:
+    lfm = loaded.model.lfm
+    gen = torch.Generator().manual_seed(3)
+    pool = BackbonePool(lfm.config, slots=2, context=64, device="cpu", dtype=torch.float32)
+    state = pool.open_state()
+    first, second = (torch.randn(1, n, lfm.config.hidden_size, generator=gen) for n in (9, 6))
+    lfm(first, state)
+    mark = state.save()
+    lfm(second, state)
+    state.truncate(mark)
+    probe = torch.randn(1, 2, lfm.config.hidden_size, generator=gen)
+    fresh = lfm.new_state()
+    lfm(first, fresh)
+    torch.testing.assert_close(lfm(probe, state), lfm(probe, fresh), atol=1e-5, rtol=1e-5)
 
 
 def test_depthformer_batched_equals_one_by_one(loaded: LoadedModel) -> None:
     gen = torch.Generator().manual_seed(1)
     hidden = 6 * torch.randn(5, loaded.config.lfm.hidden_size, generator=gen)
-    batched = audio_frames(loaded.model, hidden, [Sampling()] * 5)
+    batched, _ = loaded.model.depth_frames(hidden, lambda logits: logits.argmax(-1))
     solo = torch.stack([loaded.model.sample_audio_frame(h)[0] for h in hidden])
     assert torch.equal(batched, solo)
 
