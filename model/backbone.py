@@ -162,8 +162,9 @@ class BackboneState:
                 f"cannot truncate backbone state to position {position}: current {self.position}, "
                 f"saved {self.saved_positions}"
             )
-        snapshot = self._saved[position]
-        self.conv = [None if c is None else c.clone() for c in snapshot]
+        for current, saved in zip(self.conv, self._saved[position], strict=True):
+            if current is not None and saved is not None:
+                current.copy_(saved)  # in place: a slot's state (model.pool) is a view of shared tensors
         self.position = position
         self._saved = {p: s for p, s in self._saved.items() if p <= position}
 

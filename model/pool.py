@@ -19,31 +19,31 @@ from __future__ import annotations
 
 import torch
 
+from model.backbone import BackboneState
 from model.config import LfmConfig
 from model.errors import GenerationError
 from model.slots import SlotPool
 
 
-class SlotState:
-    """One slot of a ``BackbonePool``, with the ``BackboneState`` interface (batch 1)."""
+class SlotState(BackboneState):
+    """One slot of a ``BackbonePool``, with the ``BackboneState`` interface (batch 1): save, truncate,
+    reset and the backbone's in-place writes act on the slot's rows of the pool."""
 
-    batch_size = 1
-
-    def __init__(self, pool: BackbonePool, slot: int) -> None:
+    def __init__(self, pool: BackbonePool, slot: int) -> None:  # views of the pool, not own buffers: no super()
         self.pool = pool
         self.slot = slot
+        self.batch_size = 1
         s = slice(slot, slot + 1)
         # views made with grad mode on (nothing here requires grad): they may then be written in place
         # under no_grad (the engine's worker) as well as outside it
         with torch.enable_grad():
-            self.keys: list[torch.Tensor | None] = [None if k is None else k[s] for k in pool.keys]
-            self.values: list[torch.Tensor | None] = [None if v is None else v[s] for v in pool.values]
-            self.conv: list[torch.Tensor | None] = [None if c is None else c[s] for c in pool.conv]
+            self.keys = [None if k is None else k[s] for k in pool.keys]
+            self.values = [None if v is None else v[s] for v in pool.values]
+            self.conv = [None if c is None else c[s] for c in pool.conv]
         self._position = 0
-        self._saved: dict[int, list[torch.Tensor | None]] = {}
         self.reset()
 
-    @property
+    @property  # type: ignore[override]
     def position(self) -> int:
         return self._position
 
@@ -58,47 +58,11 @@ class SlotState:
 
     @property
     def kv_capacity(self) -> int:
-        return self.pool.context
+        return self.pool.context - 1  # the last position is the batched step's write-off row
 
     def reserve(self, total: int) -> None:
-        if total > self.pool.context:
-            raise GenerationError(f"slot context is {self.pool.context} positions; {total} asked for")
-
-    def reset(self) -> None:
-        """An empty conversation in this slot."""
-        for c in self.conv:
-            if c is not None:
-                c.zero_()
-        self.position = 0
-        self._saved = {0: self._snapshot()}
-
-    def _snapshot(self) -> list[torch.Tensor | None]:
-        return [None if c is None else c.clone() for c in self.conv]
-
-    def save(self) -> int:
-        self._saved[self.position] = self._snapshot()
-        return self.position
-
-    @property
-    def saved_positions(self) -> list[int]:
-        return sorted(self._saved)
-
-    def truncate(self, position: int) -> None:
-        if position == self.position:
-            return
-        if position > self.position or position not in self._saved:
-            raise GenerationError(
-                f"cannot truncate backbone state to position {position}: current {self.position}, "
-                f"saved {self.saved_positions}"
-            )
-        for current, saved in zip(self.conv, self._saved[position], strict=True):
-            if current is not None and saved is not None:
-                current.copy_(saved)
-        self.position = position
-        self._saved = {p: s for p, s in self._saved.items() if p <= position}
-
-    def forget_saves_before(self, position: int) -> None:
-        self._saved = {p: s for p, s in self._saved.items() if p >= position}
+        if total > self.kv_capacity:
+            raise GenerationError(f"slot context is {self.kv_capacity} positions; {total} asked for")
 
 
 class BackbonePool(SlotPool):
