@@ -11,6 +11,8 @@ Sections (each a Markdown table with its baseline as a ratio column):
 * ``barge_in``     barge-in stop time at the caller's ear over >= 50 generated cut-ins
 * ``false_interruptions``  false interruptions per call-minute with echo and backchannels
 * ``media_cpu``    media path CPU per SIP G.711 call, concurrent calls per core (loopback baseline)
+* ``capture``      proof that the full-size generation step is one graph: graph breaks, host syncs
+                   in a step, aten ops per step at batch 1/8/32 (CPU, meta device)
 
 Writes ``DIR/bench.md`` (BENCHMARKS.md-ready) and ``DIR/bench.json``, prints the Markdown, and
 compares the metrics with ``bench/baseline.json``: what got worse by more than 20 % is listed
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("engine", "sim_latency", "barge_in", "false_interruptions", "media_cpu")
+SECTIONS = ("engine", "sim_latency", "barge_in", "false_interruptions", "media_cpu", "capture")
 DEFAULT_BASELINE = Path(__file__).resolve().parent / "baseline.json"
 DEFAULT_OUT = Path("bench-results")
 
@@ -66,12 +68,17 @@ async def run_sections(names: list[str], quick: bool, out: Path) -> list[Any]:
     from bench.results import Section
 
     sections: list[Section] = []
+    if "capture" in names:
+        from bench import capture
+
+        _say("bench: capture")
+        sections.append(capture.measure())
     if "engine" in names:
         from bench import engine_section
 
         _say("bench: engine")
         sections += await engine_section.measure(quick)
-    sim = [n for n in names if n != "engine"]
+    sim = [n for n in names if n not in ("engine", "capture")]
     if sim:
         from agent.commands import load_for_settings
         from bench.simrun import demo_checkpoint, settings_for

@@ -72,8 +72,10 @@ def _attention_rows(layer: Lfm2DecoderLayer, x: torch.Tensor, rope: tuple[torch.
     attn = layer.self_attn
     bsz = x.shape[0]
     q, k, v = attn.qkv(x, rope)  # q [B, H, 1, hd], k/v [B, Hkv, 1, hd]
-    keys[rows, :, write_at] = k[:, :, 0]
-    values[rows, :, write_at] = v[:, :, 0]
+    heads = torch.arange(keys.shape[1], device=keys.device)[None, :]
+    at = (rows[:, None], heads, write_at[:, None])  # [B, Hkv] index pairs: the same ops at every batch size
+    keys.index_put_(at, k[:, :, 0])
+    values.index_put_(at, v[:, :, 0])
     kv_len = valid.shape[-1]
     kk, vv = keys[:, :, :kv_len], values[:, :, :kv_len]
     mask = valid[:, None, None, :]

@@ -7,12 +7,15 @@ event loop: a full queue is an error event, counted) and receive events back on 
 queues (``loop.call_soon_threadsafe``). The worker loop, one iteration at a time:
 
 1. applies every queued command (open, feed, end of turn, respond, greet, interrupt, close);
-2. runs ONE batched generation step for every call that is generating: one backbone position per
-   call (``model.batched.backbone_step``), then one depthformer frame for every call whose
-   schedule asks for audio (``model.batched.audio_frames``), then ONE batched audio decode of every
-   new frame (``model.audio_decoder``: Mimi or the LFM2.5 detokenizer, one stream slot per reply);
-   each decoded 80 ms chunk is sent at once. A decoder with lookahead (the detokenizer's 20 ms)
-   sends the last samples of a stretch of audio, padded to 80 ms, when that stretch ends (an
+2. runs ONE batched generation step for every call that is generating
+   (``model.batched.GenerationStep`` over the static slots of ``model.pool.BackbonePool``: one
+   backbone position per call with one masked attention for all, text logits, one depthformer
+   frame, sampling and the next inputs, all on the device, replayed as a CUDA graph per batch
+   bucket on a GPU: ``model.step_capture``), reads back ONE packed tensor (every call's token and
+   codes), applies each call's schedule, then ONE batched audio decode of every new frame
+   (``model.audio_decoder``: Mimi or the LFM2.5 detokenizer, one stream slot per reply); each
+   decoded 80 ms chunk is sent at once. A decoder with lookahead (the detokenizer's 20 ms) sends
+   the last samples of a stretch of audio, padded to 80 ms, when that stretch ends (an
    end-of-audio frame, or the reply's end); an interrupted reply's tail is dropped;
 3. runs prefill work: end-of-turn work first (it is on the latency path), then encoder chunks of
    calls that are still speaking.
@@ -51,6 +54,7 @@ from model.conversation import Conversation, GenJob, InputSettings
 from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling
 from model.pool import BackbonePool, SlotState
 from model.schedule import IM_END
+from model.step_capture import CapturedSteps
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class EngineSettings:
     command_queue_size: int = 4096
     seed: int = 0
     slots: int = 16  # calls the static backbone state holds (the server's max_calls)
+    cuda_graphs: bool = True  # on CUDA, replay the step as a graph per batch bucket (model.step_capture)
 
 
 # -- events sent to a call --------------------------------------------------------------------------
@@ -225,6 +230,7 @@ class Engine:
         self._streams: DecoderStreams | None = None
         self._pool: BackbonePool | None = None
         self._gen_step: GenerationStep | None = None
+        self._captured: CapturedSteps | None = None
         self._pending: torch.Tensor | None = None  # [slots, hidden] each slot's next input (the step writes it)
 
     @property
@@ -236,6 +242,7 @@ class Engine:
             self._pool = BackbonePool(model.config.lfm, s.slots, s.max_context_tokens + 1, w.device, w.dtype)
             self._gen_step = GenerationStep(model, self._pool, StepSampling.of(s.text_sampling, s.audio_sampling))
             self._pending = torch.zeros(s.slots, model.config.lfm.hidden_size, device=w.device, dtype=w.dtype)
+            self._captured = CapturedSteps(self._gen_step, self._pending, s.cuda_graphs)
         return self._pool
 
     def _release_conversation(self, conv: Conversation | None) -> None:
@@ -313,7 +320,7 @@ class Engine:
                 call.conv = None
             self._calls.clear()
             self._streams = None  # every stream and slot belonged to a call that is gone
-            self._pool = self._gen_step = self._pending = None
+            self._pool = self._gen_step = self._pending = self._captured = None
             self.restarts += 1
             if not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="lfm-engine", daemon=True)
@@ -505,7 +512,7 @@ class Engine:
 
     def _run_step(self, jobs: list[tuple[_Call, GenJob]]) -> None:
         pool = self.pool
-        assert self._gen_step is not None and self._pending is not None
+        assert self._pending is not None
         rows = pool.active_rows
         hidden_size = self._pending.shape[1]
         advance = torch.zeros(rows, dtype=torch.bool)
@@ -536,10 +543,11 @@ class Engine:
         hidden_in = torch.zeros(rows, hidden_size, device=device, dtype=self._pending.dtype)
         if given:
             hidden_in[torch.tensor([r for r, _ in given], device=device)] = torch.stack([h for _, h in given])
-        out = self._gen_step(self._pending[:rows], advance.to(device), hidden_in, want_audio.to(device),
-                             forced.to(device), kv_len)
-        self._pending[:rows] = out.next_embeds
-        packed = out.packed.cpu()  # the one device-to-host copy of the step
+        assert self._captured is not None
+        out, computed = self._captured(rows, advance.to(device), hidden_in, want_audio.to(device), forced.to(device),
+                                       kv_len)
+        self._pending[:computed] = out.next_embeds
+        packed = out.packed[:rows].cpu()  # the one device-to-host copy of the step
         decode: list[tuple[_Call, GenJob, torch.Tensor]] = []
         ended: list[tuple[_Call, GenJob]] = []
         for c, j in jobs:
