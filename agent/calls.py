@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.engine_api import EngineClient
+from agent.engine_thread import ThreadEngineClient
 from agent.log import event
 from agent.session import CallSession, CallSummary, SessionOptions
 from agent.transport import CallTransport
@@ -49,6 +51,7 @@ class CallManager:
                  max_calls: int, instructions: str = "") -> None:
         """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's)."""
         self.engine = engine
+        self.client: EngineClient = engine if hasattr(engine, "submit") else ThreadEngineClient(engine)  # type: ignore[assignment]
         self.options = options
         self.detector_factory = detector_factory
         self.max_calls = max_calls
@@ -83,9 +86,8 @@ class CallManager:
         """Run one call to its end. Raises CallRefused when at capacity or draining."""
         self.check_admission()
         call_id = call_id or self.new_call_id()
-        conversation = self.engine.open(self.instructions)
-        session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options,
-                              external_id=external_id)
+        session = CallSession(call_id, transport, self.client, self.detector_factory(), options or self.options,
+                              external_id=external_id, instructions=self.instructions)
         self.active[call_id] = session
         self._idle.clear()
         self.counters.started += 1
