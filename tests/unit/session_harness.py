@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.engine_api import EngineCommand, Open
+from agent.engine_api import EngineCommand, Interrupt, Open
 from agent.session_core import (
     Action,
     Ended,
@@ -56,12 +56,18 @@ class Harness:
         self.line_paused = False
         self.line_queue: list[SendAudio] = []  # sent but not yet played (when not auto_play)
         self.played_up_to = -1
+        # (epoch cut, played_frames asked, frames of it the line reported played)
+        self.interrupts: list[tuple[int, int, int]] = []
+        self._epoch_before = 0
 
     # -- plumbing ---------------------------------------------------------------------------------
     def do(self, actions: list[Action]) -> None:
         for a in actions:
             self.actions.append(a)
             if isinstance(a, ToEngine):
+                if isinstance(a.command, Interrupt):
+                    self.interrupts.append((self._epoch_before, a.command.played_frames,
+                                            self.reported_frames(self._epoch_before)))
                 self.engine.submit(a.command)
             elif isinstance(a, SendAudio):
                 self.sent.append(a)
@@ -76,8 +82,15 @@ class Harness:
         if self.auto_play and not self.line_paused:
             self.play(len(self.line_queue))
 
+    def reported_frames(self, epoch: int) -> int:
+        """Whole frames of `epoch` the line has reported played."""
+        packets = sum(1 for seq, e in self.core.sent_packets.items() if e == epoch and seq <= self.played_up_to)
+        return packets // 4
+
     def play(self, n: int) -> None:
-        """The line sends `n` queued packets and reports the last tracked one."""
+        """The line sends `n` queued packets and reports the last tracked one (nothing while paused)."""
+        if self.line_paused:
+            return
         taken, self.line_queue = self.line_queue[:n], self.line_queue[n:]
         seqs = [p.sequence for p in taken if p.sequence is not None]
         if seqs and self.reported:
@@ -96,6 +109,7 @@ class Harness:
 
     def deliver(self) -> None:
         for ev in self.engine.drain(1):
+            self._epoch_before = self.core.playout.epoch
             self.do(self.core.engine(ev, self.now))
 
     def start(self) -> None:
@@ -105,10 +119,12 @@ class Harness:
         """20 ms: the caller's packet arrives, the engine steps, the outbound grid ticks."""
         self.now += 20
         self.k += 1
+        self._epoch_before = self.core.playout.epoch
         self.do(self.core.caller_audio(SILENCE if caller is None else caller, self.now))
         for _ in range(self.engine_steps_per_tick):
             self.engine.step()
         self.deliver()
+        self._epoch_before = self.core.playout.epoch
         self.do(self.core.tick(self.now))
 
     def speak(self, ms: int) -> None:
