@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from agent.engine_api import AddText, Feed, Greet, Interrupt, Rejected, ReplyEnded, Respond, Retract
-from agent.session_core import Ended, FlushOutput, HangUp, PauseOutput, ResumeOutput, SendAudio, SessionOptions
+from agent.session_core import (
+    Ended,
+    FlushOutput,
+    HangUp,
+    PauseOutput,
+    ResumeOutput,
+    SendAudio,
+    SessionOptions,
+)
 from agent.turn_taking import TurnState
-from tests.unit.session_harness import Harness, options
 from tests.unit.scripted_engine import chunk_value
+from tests.unit.session_harness import Harness, options
 
 
 def answered(h: Harness, speech_ms: int = 400) -> None:
@@ -210,7 +218,7 @@ def test_chunks_play_their_own_samples() -> None:
     h = Harness(reply_frames=1)
     answered(h)
     h.silence(300)
-    first = [p for p in h.sent if p.sequence is not None][0]
+    first = next(p for p in h.sent if p.sequence is not None)
     assert isinstance(first, SendAudio) and first.samples.size == 320
     assert abs(int(np.median(first.samples)) - int(chunk_value(1, 0) * 32767)) < 400
     assert isinstance(h.engine.submitted[0], object) and not [e for e in h.actions if isinstance(e, Rejected)]
