@@ -53,7 +53,7 @@ def test_an_answered_call_is_never_refused_and_every_path_releases(ops: list[tup
             r.commit()  # never raises: the slot was held since the offer
             answered.append(r)
         elif kind == "end" and (offered or answered):
-            pool = offered if pick % 2 and offered or not answered else answered
+            pool = offered if (pick % 2 and offered) or not answered else answered
             pool.pop(pick % len(pool)).release()
         elif kind == "drain":
             cap.draining = not cap.draining
