@@ -73,6 +73,7 @@ from agent.engine_api import (
     TextDelta,
 )
 from agent.events import (
+    AgentAudioFinished,
     AgentFinishedSpeaking,
     AgentStartedSpeaking,
     BargeIn,
@@ -289,6 +290,7 @@ class SessionCore:
         self._text_by_epoch: dict[int, str] = {}
         self._interrupt_turns: dict[int, TurnMetrics | None] = {}
         self._vad_start: int | None = None
+        self._answer_epoch: int | None = None  # the reply asked for whose audio has not finished playing
         self._labels: deque[int | None] = deque()  # playout sequences of 24 kHz packets not out yet
         self._pending_delta = ""  # reply text that arrived since the last chunk (goes with the next one)
         self.ended: str | None = None
@@ -301,6 +303,7 @@ class SessionCore:
             self._turn_by_epoch[epoch] = TurnMetrics(epoch, None, None)
             self.summary.turns.append(self._turn_by_epoch[epoch])
             self._submit(Greet(self.engine_call, epoch, self.options.greeting))
+            self._answer_epoch = epoch
         return self._take()
 
     def caller_audio(self, samples: Int16Array, now_ms: int) -> list[Action]:
@@ -357,6 +360,8 @@ class SessionCore:
             self._end_dtmf_input(now_ms)
         tt = self._turn_time(now_ms)
         for pe in out.events:
+            if isinstance(pe, AgentAudioFinished) and pe.epoch == self._answer_epoch:
+                self._answer_epoch = None
             self._act(self.turns.handle(pe, tt), now_ms)
         self._act(self.turns.tick(tt), now_ms)
         return self._take()
@@ -507,13 +512,15 @@ class SessionCore:
         self._turn_by_epoch[epoch] = metrics
         self.summary.turns.append(metrics)
         self._submit(Respond(self.engine_call, epoch))
+        self._answer_epoch = epoch
         return metrics
 
     # -- DTMF: keys stop the agent, the digits reach the model as text --------------------------------------
     def _on_dtmf(self, digit: str, now: int) -> None:
         if self._early is not None:  # keys during a pause: the caller's turn goes on
             self._withdraw_early_answer(now)
-        elif self.turns.agent_audio_playing or self.turns.state is TurnState.AGENT_THINKING:
+        elif self.turns.agent_audio_playing or self.turns.state is TurnState.AGENT_THINKING or \
+                self._answer_epoch is not None:  # a reply asked for (e.g. by an earlier "#") and not over
             # callers key ahead of a prompt: stop the agent now, keep what was heard
             interruption = self._stop_agent(now)
             self._actions.append(FlushOutput())
@@ -557,6 +564,7 @@ class SessionCore:
 
     def _stop_agent(self, now: int) -> Interruption:
         """Clear Playout (new epoch); the watermark's count keeps only what the caller heard."""
+        self._answer_epoch = None
         interruption = self.coordinator.barge_in(now)
         self.mark.truncate(interruption.cleared.epoch, interruption.cleared.played_frames)
         return interruption
@@ -607,6 +615,8 @@ class SessionCore:
             if not ev.interrupted:
                 self.playout.mark_end(ev.request)
                 if ev.frames == 0:
+                    if ev.request == self._answer_epoch:
+                        self._answer_epoch = None
                     self._act(self.turns.agent_response_empty(self._turn_time(now)), now)
         elif isinstance(ev, InterruptDone):
             self._interrupt_turns.pop(ev.request, None)
@@ -626,6 +636,7 @@ class SessionCore:
             self._early = None
             self.playout.resume()
         self.playout.mark_end(self.coordinator.epoch)
+        self._answer_epoch = None
         self._act(self.turns.agent_response_empty(self._turn_time(now)), now)
 
     # -- outbound ---------------------------------------------------------------------------------------------

@@ -222,3 +222,20 @@ def test_chunks_play_their_own_samples() -> None:
     assert isinstance(first, SendAudio) and first.samples.size == 320
     assert abs(int(np.median(first.samples)) - int(chunk_value(1, 0) * 32767)) < 400
     assert isinstance(h.engine.submitted[0], object) and not [e for e in h.actions if isinstance(e, Rejected)]
+
+
+def test_a_second_dtmf_answer_first_cuts_the_reply_still_in_flight() -> None:
+    """Found by the property test: "#" twice; the second must cut the first answer to what was heard
+    (nothing) before asking for the next one, not cut the next one."""
+    h = Harness(reply_frames=1, auto_play=False, engine_steps_per_tick=0)
+    h.silence(60)
+    h.do(h.core.dtmf("#", h.now))
+    h.engine.step()
+    h.engine.step()
+    h.deliver()  # the first answer is complete in the engine, queued in playout, not heard
+    h.do(h.core.dtmf("#", h.now))
+    interrupts = h.commands(Interrupt)
+    assert len(interrupts) == 1 and interrupts[0].played_frames == 0  # type: ignore[attr-defined]
+    h.silence(60)
+    first = h.core.summary.turns[0]
+    assert first.interrupted and first.frames_heard == 0 and first.text_heard == "r1:0"
