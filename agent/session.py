@@ -6,7 +6,9 @@ The decisions live in the sans-IO `SessionCore`; this module only moves values b
 real world, in three tasks of the call's own task group (one call's failure ends that call only):
 
 * inbound: transport events (caller packets, DTMF, hang-up, playout reports) go to the core;
-* outbound: a ticker on absolute 20 ms deadlines from call start calls ``core.tick``;
+* outbound: ``core.tick`` runs on ONE 20 ms grid per call: the transport's own send deadlines
+  where it offers them (``set_source``: SIP's RTP pacer, aiortc's frame clock), so a packet is
+  made for the very deadline it leaves at; else a ticker on absolute deadlines from call start;
 * engine: the call's engine events (``EngineClient.next_event``) go to the core.
 
 Every input returns actions, executed at once in order: packets to the transport, commands to the
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 class CallSession:
     """One call. Construct, then `await run()`; it returns the call's summary when the call ends."""
 
+    single_grid = True  # tick on the transport's send deadlines where it offers them (bench switch)
+
     def __init__(self, call_id: str, transport: CallTransport, engine: EngineClient, detector: VoiceDetector,
                  options: SessionOptions | None = None, clock: Callable[[], float] | None = None,
                  external_id: str = "", instructions: str = "") -> None:
@@ -92,10 +96,17 @@ class CallSession:
         try:
             self.engine.submit(Open(self.engine_call, self.instructions))
             self._do(self.core.start(self.now_ms()))
+            set_source = getattr(self.transport, "set_source", None)
+            driven = self.single_grid and callable(set_source)
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._inbound()), tg.create_task(self._outbound()),
-                         tg.create_task(self._engine_events())]
+                tasks = [tg.create_task(self._inbound()), tg.create_task(self._engine_events())]
+                if driven:
+                    set_source(self._tick)  # type: ignore[misc]
+                else:
+                    tasks.append(tg.create_task(self._outbound()))
                 await self._ended.wait()
+                if driven:
+                    set_source(None)  # type: ignore[misc]
                 for task in tasks:
                     task.cancel()
         except* Exception as group:
@@ -167,6 +178,17 @@ class CallSession:
             elif delay < -1.0:  # the loop was stalled for a long time: skip ahead, keep the grid
                 k += int(-delay * 1000 // PACKET_MS)
             self._do(self.core.tick(self.now_ms()))
+
+    def _tick(self) -> None:
+        """The transport's send deadline: make this deadline's packet now. A failure ends the call."""
+        if self._ended.is_set():
+            return
+        try:
+            self._do(self.core.tick(self.now_ms()))
+        except Exception as exc:
+            self.summary.error = repr(exc)
+            event(log, "call.failed", logging.ERROR, error=self.summary.error)
+            self._do(self.core.end("agent error", self.now_ms()))
 
     async def _engine_events(self) -> None:
         while True:

@@ -234,6 +234,9 @@ class PacedAudioTrack(MediaStreamTrack):
         self._arrived = asyncio.Event()
         self.paused = False  # hold the queued audio (a suspected interruption): silence meanwhile
         self.on_sent: Callable[[int], None] | None = None  # a labelled packet was pulled for encoding
+        # called at each frame deadline before the frame is taken: the session makes its packet for this
+        # very deadline (one pacing grid per call; no grace wait for a producer on its own grid)
+        self.source: Callable[[], None] | None = None
 
     def push(self, samples: Int16Array, label: int | None = None) -> None:
         self.fifo.push(samples, label)
@@ -248,7 +251,9 @@ class PacedAudioTrack(MediaStreamTrack):
         delay = pacer.deadline() - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        if not self.paused and not self.fifo.ready() and self.grace_s > 0:
+        if self.source is not None:
+            self.source()
+        elif not self.paused and not self.fifo.ready() and self.grace_s > 0:
             # The producer ticks on its own 20 ms grid; when its packet is a few ms late, wait for it
             # rather than send silence, which would leave one packet of extra delay behind.
             self._arrived.clear()
@@ -338,6 +343,10 @@ class WebRtcTransport:
         if not self._closed:
             self.outbound.on_sent = self._sent
             self.outbound.push(samples, sequence)
+
+    def set_source(self, source: Callable[[], None] | None) -> None:
+        """Let aiortc's frame deadlines drive the session's outbound tick (one pacing grid)."""
+        self.outbound.source = source
 
     def pause_output(self) -> None:
         """Hold the queued agent audio (silence meanwhile); nothing is dropped."""

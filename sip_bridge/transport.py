@@ -51,6 +51,10 @@ class SipCallTransport:
             self.media.on_sent = self._sent
             self.media.send_pcm(samples, sequence)
 
+    def set_source(self, source: Callable[[], None] | None) -> None:
+        """Let the media's send deadlines drive the session's outbound tick (one pacing grid)."""
+        self.media.source = source
+
     def pause_output(self) -> None:
         """Hold the queued agent audio (sending silence meanwhile); nothing is dropped."""
         self.media.pause_output()

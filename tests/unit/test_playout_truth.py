@@ -80,3 +80,23 @@ async def test_webrtc_reports_frames_pulled_for_encoding_and_pause_sends_silence
     assert int(first.to_ndarray()[0, 0]) == 1000 and int(held.to_ndarray()[0, 0]) == 0
     assert int(second.to_ndarray()[0, 0]) == 1001 and len(track.fifo) == n
     await asyncio.sleep(0)
+
+
+async def test_one_grid_the_frame_deadline_asks_the_session_for_its_packet() -> None:
+    clock = Clock()
+    track = PacedAudioTrack(clock=clock, grace_s=0.5)
+    n = track.packet_samples
+    made: list[int] = []
+
+    def source() -> None:  # the session's tick: makes the packet for this deadline
+        made.append(len(made))
+        track.push(np.full(n, 500 + len(made), np.int16), len(made))
+
+    track.source = source
+    frames = []
+    for _ in range(3):
+        frames.append(await track.recv())
+        clock.t += 0.02
+    assert made == [0, 1, 2]
+    assert [int(f.to_ndarray()[0, 0]) for f in frames] == [501, 502, 503]  # sent at the deadline it was made for
+    assert len(track.fifo) == 0
