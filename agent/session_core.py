@@ -286,6 +286,7 @@ class SessionCore:
         self._recent: deque[tuple[int, Int16Array]] = deque()  # (16 kHz start sample, samples)
         self._feeding = False
         self._feed_buf = np.zeros(0, np.int16)
+        self._fed_until = 0  # caller audio before this 16 kHz sample was already fed
         self._turn_by_epoch: dict[int, TurnMetrics] = {}
         self._text_by_epoch: dict[int, str] = {}
         self._interrupt_turns: dict[int, TurnMetrics | None] = {}
@@ -410,7 +411,7 @@ class SessionCore:
             at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
         self._act(self.turns.tick(tt), now)
-        if self._feeding:
+        if self._feeding and start >= self._fed_until:  # (feeding that started just now took this packet)
             self._feed(to_engine)
         elif self._early is not None:
             self._pause_frames.append(to_engine)
@@ -447,6 +448,7 @@ class SessionCore:
             parts.append(pcm[max(0, first - start):])
         self._feeding = True
         self._feed_buf = np.zeros(0, np.int16)
+        self._fed_until = self._in_samples
         if parts:
             self._feed(np.concatenate(parts))
 

@@ -16,7 +16,7 @@ from agent.session_core import (
 )
 from agent.turn_taking import TurnState
 from tests.unit.scripted_engine import chunk_value
-from tests.unit.session_harness import Harness, options
+from tests.unit.session_harness import Harness, options, speech_packet
 
 
 def answered(h: Harness, speech_ms: int = 400) -> None:
@@ -239,3 +239,17 @@ def test_a_second_dtmf_answer_first_cuts_the_reply_still_in_flight() -> None:
     h.silence(60)
     first = h.core.summary.turns[0]
     assert first.interrupted and first.frames_heard == 0 and first.text_heard == "r1:0"
+
+
+def test_the_engine_is_fed_the_line_once_and_in_order_from_the_preroll() -> None:
+    """Found by bench/echo_feed.py: the packet that started the feed was fed twice."""
+    h = Harness()
+    h.silence(400)
+    line = [speech_packet(h.k + i + 1) for i in range(20)]
+    for p in line:
+        h.tick(p)
+    fed = np.concatenate([f.pcm for f in h.commands(Feed)])  # type: ignore[attr-defined]
+    heard = np.concatenate([np.zeros(320 * 20, np.int16)] + line).astype(np.float32) / 32768
+    start = heard.size - 320 * 20 - 240 * 16  # speech_preroll_ms before the onset
+    np.testing.assert_array_equal(fed, heard[start : start + fed.size])
+    assert fed.size >= 320 * 16
