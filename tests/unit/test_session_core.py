@@ -249,7 +249,7 @@ def test_the_engine_is_fed_the_line_once_and_in_order_from_the_preroll() -> None
     for p in line:
         h.tick(p)
     fed = np.concatenate([f.pcm for f in h.commands(Feed)])  # type: ignore[attr-defined]
-    heard = np.concatenate([np.zeros(320 * 20, np.int16)] + line).astype(np.float32) / 32768
+    heard = np.concatenate([np.zeros(320 * 20, np.int16), *line]).astype(np.float32) / 32768
     start = heard.size - 320 * 20 - 240 * 16  # speech_preroll_ms before the onset
     np.testing.assert_array_equal(fed, heard[start : start + fed.size])
     assert fed.size >= 320 * 16
