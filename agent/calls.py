@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from agent.log import event
 from agent.session import CallSession, CallSummary, SessionOptions
@@ -21,13 +21,14 @@ from agent.transport import CallTransport
 from agent.vad import VoiceDetector
 
 if TYPE_CHECKING:
-    from model.engine import Engine
+    from agent.engine_process import EngineHost
+    from model.engine import CallConversation
 
 log = logging.getLogger(__name__)
 
 
 class CallRefused(Exception):
-    """No call can be taken now; `reason` is 'full' or 'draining'."""
+    """No call can be taken now; `reason` is 'full', 'draining', 'overloaded' or 'engine_restarting'."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -41,11 +42,13 @@ class CallCounters:
     failed: int = 0
     refused_full: int = 0
     refused_draining: int = 0
+    refused_engine: int = 0  # the engine is restarting, or its step time leaves no room (overloaded)
+    ended_engine_lost: int = 0  # live calls ended because the engine process died
     by_result: dict[str, int] = field(default_factory=dict)
 
 
 class CallManager:
-    def __init__(self, engine: Engine, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
+    def __init__(self, engine: EngineHost, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
                  max_calls: int, instructions: str = "") -> None:
         """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's)."""
         self.engine = engine
@@ -61,6 +64,17 @@ class CallManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_call_finished: list[Callable[[CallSummary], None]] = []
+        engine.on_lost.append(self._engine_lost)
+
+    def _engine_lost(self, message: str) -> None:
+        """The engine process died: every live call ends now (BYE / data-channel "ended"), counted."""
+        from agent.engine_process import ENGINE_LOST
+
+        sessions = list(self.active.values())
+        self.counters.ended_engine_lost += len(sessions)
+        event(log, "calls.engine_lost", logging.ERROR, calls=len(sessions), message=message)
+        for session in sessions:
+            session.end(ENGINE_LOST)
 
     @property
     def free_slots(self) -> int:
@@ -74,6 +88,10 @@ class CallManager:
         if len(self.active) >= self.max_calls:
             self.counters.refused_full += 1
             raise CallRefused("full")
+        refusal = self.engine.refusal()
+        if refusal is not None:
+            self.counters.refused_engine += 1
+            raise CallRefused(refusal)
 
     def new_call_id(self, prefix: str = "c") -> str:
         return f"{prefix}-{next(self._ids)}-{secrets.token_hex(3)}"
@@ -83,7 +101,8 @@ class CallManager:
         """Run one call to its end. Raises CallRefused when at capacity or draining."""
         self.check_admission()
         call_id = call_id or self.new_call_id()
-        conversation = self.engine.open(self.instructions)
+        # ProcessConversation has CallConversation's interface (agent.engine_process.EngineConversation)
+        conversation = cast("CallConversation", self.engine.open(self.instructions))
         session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options,
                               external_id=external_id)
         self.active[call_id] = session
