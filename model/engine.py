@@ -282,16 +282,19 @@ class Engine:
     def active_calls(self) -> int:
         return len(self._calls)
 
-    def open(self, instructions: str | None = None) -> CallConversation:
-        """Register a call; its events arrive on the returned object's `events` queue."""
+    def open(self, instructions: str | None = None,
+             sink: Callable[[EngineEvent], None] | None = None) -> CallConversation:
+        """Register a call; its events arrive on the returned object's `events` queue (or, given
+        `sink`, are passed to it on the event loop's thread: ``agent.engine_thread``)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             conv_id = self._next_id
             self._next_id += 1
         handle = CallConversation(self, conv_id)
+        deliver = sink or handle.events.put_nowait
 
         def emit(event: EngineEvent) -> None:
-            loop.call_soon_threadsafe(handle.events.put_nowait, event)
+            loop.call_soon_threadsafe(deliver, event)
 
         self._submit(_Cmd("open", conv_id, (emit, instructions or "")))
         return handle
