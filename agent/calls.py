@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+from agent.engine_compat import ClientConversation
 from agent.log import event
 from agent.session import CallSession, CallSummary, SessionOptions
 from agent.transport import CallTransport
@@ -101,8 +102,8 @@ class CallManager:
         """Run one call to its end. Raises CallRefused when at capacity or draining."""
         self.check_admission()
         call_id = call_id or self.new_call_id()
-        # ProcessConversation has CallConversation's interface (agent.engine_process.EngineConversation)
-        conversation = cast("CallConversation", self.engine.open(self.instructions))
+        # the session still takes a conversation handle: ClientConversation adapts the EngineClient
+        conversation = cast("CallConversation", ClientConversation(self.engine, self.instructions))
         session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options,
                               external_id=external_id)
         self.active[call_id] = session

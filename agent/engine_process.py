@@ -4,17 +4,16 @@ Theory of operation
 -------------------
 ``EngineProcessClient.start()`` spawns (multiprocessing "spawn" context: a fresh interpreter, no
 forked torch or CUDA state) ``engine_main``, which loads the model, starts ``model.engine.Engine``
-and serves it over one socket pair with the compact frames of ``agent.engine_wire``. The call
-process does no model work: ``open()`` returns a ``ProcessConversation`` with the methods of
-``model.engine.CallConversation`` (feed, add_text, end_turn, respond, greet, request_interrupt,
-interrupt, retract, close) and its ``events`` queue receives the same ``AgentAudio``,
-``ReplyFinished`` and ``EngineError`` events. Both ends read and write the socket from their event
+and serves it (``agent.engine_thread.ThreadEngineClient`` there) over one socket pair with the
+compact frames of ``agent.engine_wire``: the ``agent.engine_api`` commands one way, its events
+the other. The call process does no model work: ``EngineProcessClient`` is an ``EngineClient``
+(`new_call_id`, `submit`, `next_event`) like the in-thread one. Both ends read and write the socket from their event
 loop (non-blocking, ``add_reader``/``add_writer``): no thread in the call process, so the engine's
 Python work never holds the GIL the RTP pacing needs.
 
 Supervision (docs/engine-process.md): the process's sentinel and the socket's end are watched on
-the event loop. When the engine process dies, every open conversation at once gets an
-``EngineError`` and the ``on_lost`` callbacks run (``CallManager`` ends every live call with the
+the event loop. When the engine process dies, every open call at once gets an
+``EngineFault(engine_restarted=True)`` and the ``on_lost`` callbacks run (``CallManager`` ends every live call with the
 counted reason ``ENGINE_LOST``: BYE on SIP, an "ended" data-channel event on WebRTC); new calls
 are refused (``refusal()`` -> "engine_restarting": SIP 503, HTTP 503) until the restarted engine
 is READY. The engine restarts by itself (backoff 0.5 s, doubling up to 10 s while it keeps dying
@@ -23,16 +22,16 @@ before READY).
 Overload control: ``StepBudget`` admits a call only while the engine's measured step time (p90 of
 the last 2 s, reported in STATS every 200 ms) fits the real-time budget with margin. Commands
 towards the engine are bounded in time: while the socket is blocked for more than ``backlog_s``
-(0.2 s) further caller audio is dropped and counted (``dropped["engine_backlog"]``); audio for an
-engine that is down is counted as ``engine_down``; frames the engine's own bounded queue refused
-come back in STATS as ``engine_queue``.
+(0.2 s) further caller audio is refused (a ``Rejected`` event) and counted
+(``dropped["engine_backlog"]``); audio for an engine that is down is counted as ``engine_down``;
+frames the engine's own bounded queue refused come back in STATS as ``engine_queue``. All three
+are ``lfmcall_dropped_frames_total{where}`` on /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import multiprocessing
@@ -49,6 +48,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from agent import engine_wire as wire
+from agent.engine_api import (
+    Close,
+    EngineClient,
+    EngineCommand,
+    EngineEvent,
+    EngineFault,
+    Feed,
+    Open,
+    Rejected,
+    command_name,
+)
+from agent.engine_thread import ThreadEngineClient
 from agent.log import event
 
 if TYPE_CHECKING:
@@ -56,7 +67,7 @@ if TYPE_CHECKING:
 
     from agent.model_choice import ModelChoice
     from config.schema import Settings
-    from model.engine import CallConversation, Engine, EngineEvent, ReplyFinished
+    from model.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +76,8 @@ STATS_INTERVAL_S = 0.2
 READY_TIMEOUT_S = 600.0
 
 
-class EngineConversation(Protocol):
-    """One call's handle on the engine (model.engine.CallConversation, or ProcessConversation)."""
-
-    id: int
-    events: asyncio.Queue[EngineEvent]
-    dropped_frames: int
-
-    def feed(self, frame: np.ndarray) -> None: ...
-    def add_text(self, text: str) -> None: ...
-    def end_turn(self) -> None: ...
-    def respond(self, tag: int = 0) -> None: ...
-    def greet(self, text: str, tag: int = 0) -> None: ...
-    def retract(self) -> None: ...
-    def request_interrupt(self, played_frames: int) -> asyncio.Future[ReplyFinished | None]: ...
-    async def interrupt(self, played_frames: int) -> ReplyFinished | None: ...
-    def close(self) -> None: ...
-
-
-class EngineHost(Protocol):
-    """What the runtime, the call manager, /healthz and /metrics need from the engine."""
+class EngineHost(EngineClient, Protocol):
+    """An EngineClient with what the runtime, the call manager, /healthz and /metrics need."""
 
     on_lost: list[Callable[[str], None]]
     model_info: dict[str, Any]
@@ -108,7 +101,6 @@ class EngineHost(Protocol):
     def stop(self) -> None: ...
     def refusal(self, now: float | None = None) -> str | None: ...
     def health(self) -> dict[str, Any]: ...
-    def open(self, instructions: str | None = None) -> EngineConversation: ...
 
 
 # -- overload control -------------------------------------------------------------------------------
@@ -263,15 +255,16 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
 
 
 class _EngineHost:
-    """The engine process's event loop: frames in -> the engine; the engine's events -> frames out."""
+    """The engine process's event loop: frames in -> ThreadEngineClient; its events -> frames out."""
 
     def __init__(self, sock: socket.socket, engine: Engine, info: dict[str, Any]) -> None:
+        from agent.engine_thread import ThreadEngineClient
+
         self.sock = sock
         self.engine = engine
+        self.client = ThreadEngineClient(engine)
         self.info = info
-        self.convs: dict[int, CallConversation] = {}
         self.forwarders: dict[int, asyncio.Task[None]] = {}
-        self.closed_dropped = 0
         self.bad_frames = 0
         self._done = asyncio.Event()
 
@@ -294,74 +287,36 @@ class _EngineHost:
         seen = self.engine.steps
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
-            steps = self.engine.steps
-            new = min(steps - seen, len(self.engine.step_seconds))
-            times = self.engine.step_seconds[len(self.engine.step_seconds) - new :] if new > 0 else []
+            steps, times = self.engine.steps, self.engine.step_seconds
+            new = min(steps - seen, len(times))
             seen = steps
-            dropped = self.closed_dropped + sum(c.dropped_frames for c in self.convs.values())
-            self.wire.send(wire.stats(steps, len(self.convs), dropped, times))
+            self.wire.send(wire.stats(steps, len(self.forwarders), self.client.rejected,
+                                      times[len(times) - new :] if new > 0 else []))
 
     def _on_frame(self, body: bytes) -> None:
+        if body[:1] == bytes([wire.STOP]):
+            self._done.set()
+            return
         try:
-            msg = wire.decode(body)
+            command = wire.decode_command(body)
         except wire.WireError as exc:
             self.bad_frames += 1
             event(log, "engine.bad_frame", logging.WARNING, error=str(exc)[:200])
             return
-        if msg.kind == wire.STOP:
-            self._done.set()
+        call = command.call
+        if isinstance(command, Open) and call in self.forwarders:
             return
-        if msg.kind == wire.OPEN:
-            conv = self.engine.open(msg.fields[0])
-            self.convs[msg.conv] = conv
-            self.forwarders[msg.conv] = asyncio.get_running_loop().create_task(self._forward(msg.conv, conv))
-            return
-        conv_or_none = self.convs.get(msg.conv)
-        if conv_or_none is None:
-            return
-        conv = conv_or_none
-        if msg.kind == wire.FEED:
-            conv.feed(msg.fields[0])
-        elif msg.kind == wire.TEXT:
-            conv.add_text(msg.fields[0])
-        elif msg.kind == wire.END_TURN:
-            conv.end_turn()
-        elif msg.kind == wire.RESPOND:
-            conv.respond(tag=msg.fields[0])
-        elif msg.kind == wire.GREET:
-            conv.greet(msg.fields[0], tag=msg.fields[1])
-        elif msg.kind == wire.RETRACT:
-            conv.retract()
-        elif msg.kind == wire.INTERRUPT:
-            request, played = msg.fields
-            future = conv.request_interrupt(played)
-            future.add_done_callback(functools.partial(self._interrupted, msg.conv, request))
-        elif msg.kind == wire.CLOSE:
-            conv.close()
-            self.closed_dropped += conv.dropped_frames
-            del self.convs[msg.conv]
-            task = self.forwarders.pop(msg.conv, None)
+        self.client.submit(command)
+        if isinstance(command, Open):
+            self.forwarders[call] = asyncio.get_running_loop().create_task(self._forward(call))
+        elif isinstance(command, Close):
+            task = self.forwarders.pop(call, None)
             if task is not None:
                 task.cancel()
 
-    def _interrupted(self, conv: int, request: int, future: asyncio.Future[ReplyFinished | None]) -> None:
-        result = None if future.cancelled() else future.result()
-        fields = None if result is None else (result.reply_id, result.text, result.frames, result.interrupted,
-                                              result.generated_frames, result.tag)
-        self.wire.send(wire.interrupt_result(conv, request, fields))
-
-    async def _forward(self, conv_id: int, conv: CallConversation) -> None:
-        from model.engine import AgentAudio, ReplyFinished
-
+    async def _forward(self, call: int) -> None:
         while True:
-            ev = await conv.events.get()
-            if isinstance(ev, AgentAudio):
-                self.wire.send(wire.audio(conv_id, ev.reply_id, ev.frame_index, ev.pcm, ev.text, ev.codes, ev.tag))
-            elif isinstance(ev, ReplyFinished):
-                self.wire.send(wire.finished(conv_id, ev.reply_id, ev.text, ev.frames, ev.interrupted,
-                                             ev.generated_frames, ev.tag))
-            else:
-                self.wire.send(wire.error(conv_id, ev.reply_id, ev.message))
+            self.wire.send(wire.encode(await self.client.next_event(call)))
 
 
 # -- the call process's side ------------------------------------------------------------------------
@@ -369,85 +324,20 @@ class EngineStartError(RuntimeError):
     """The engine process died or stayed silent before it was ready."""
 
 
-class ProcessConversation:
-    """One call's conversation in the engine process (the interface of model.engine.CallConversation)."""
-
-    def __init__(self, client: EngineProcessClient, conv_id: int, generation: int) -> None:
-        self._client = client
-        self.id = conv_id
-        self.generation = generation
-        self.events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        self.dropped_frames = 0
-        self.lost = False
-        self._interrupts: dict[int, asyncio.Future[ReplyFinished | None]] = {}
-
-    def _send(self, data: bytes) -> bool:
-        return not self.lost and self._client._send(self, data)
-
-    def feed(self, frame: np.ndarray) -> None:
-        """80 ms of caller audio at 16 kHz (int16, or float32 in [-1, 1))."""
-        pcm = np.asarray(frame)
-        if not self._client._feed_allowed(self):
-            self.dropped_frames += 1
-            return
-        self._send(wire.feed(self.id, pcm if pcm.dtype == np.int16 else pcm.astype(np.float32, copy=False)))
-
-    def add_text(self, text: str) -> None:
-        self._send(wire.text(self.id, text))
-
-    def end_turn(self) -> None:
-        self._send(wire.simple(wire.END_TURN, self.id))
-
-    def respond(self, tag: int = 0) -> None:
-        self._send(wire.respond(self.id, tag))
-
-    def greet(self, text: str, tag: int = 0) -> None:
-        self._send(wire.greet(self.id, text, tag))
-
-    def retract(self) -> None:
-        self._send(wire.simple(wire.RETRACT, self.id))
-
-    def request_interrupt(self, played_frames: int) -> asyncio.Future[ReplyFinished | None]:
-        future: asyncio.Future[ReplyFinished | None] = asyncio.get_running_loop().create_future()
-        request = next(self._client._requests)
-        if self._send(wire.interrupt(self.id, request, int(played_frames))):
-            self._interrupts[request] = future
-        else:
-            future.set_result(None)
-        return future
-
-    async def interrupt(self, played_frames: int) -> ReplyFinished | None:
-        return await self.request_interrupt(played_frames)
-
-    def close(self) -> None:
-        self._send(wire.simple(wire.CLOSE, self.id))
-        self._client._forget(self)
-        self._fail_interrupts()
-
-    # -- from the client --------------------------------------------------------------------------
-    def _interrupt_result(self, request: int, result: ReplyFinished | None) -> None:
-        future = self._interrupts.pop(request, None)
-        if future is not None and not future.done():
-            future.set_result(result)
-
-    def _lose(self, message: str) -> None:
-        from model.engine import EngineError
-
-        if self.lost:
-            return
-        self.lost = True
-        self.events.put_nowait(EngineError(None, message))
-        self._fail_interrupts()
-
-    def _fail_interrupts(self) -> None:
-        for future in self._interrupts.values():
-            if not future.done():
-                future.set_result(None)
-        self._interrupts.clear()
+@dataclass
+class _Link:
+    generation: int
+    events: asyncio.Queue[EngineEvent] = field(default_factory=asyncio.Queue)
+    lost: bool = False
 
 
 class EngineProcessClient:
-    """Spawns, feeds and supervises the engine process. State: starting, running, restarting, stopped."""
+    """An `EngineClient` whose engine runs in a spawned process it supervises.
+
+    State: starting, running, restarting, stopped. Implements ``agent.engine_api.EngineClient``
+    (`new_call_id`, `submit`, `next_event`) and what the call manager, /healthz and /metrics ask
+    (`EngineHost`).
+    """
 
     def __init__(self, settings: Settings, choice: ModelChoice, *, slots: int, threads: int = 1,
                  backlog_s: float = 0.2, budget: StepBudget | None = None,
@@ -465,13 +355,13 @@ class EngineProcessClient:
         self.model_info: dict[str, Any] = {}
         self.steps = 0
         self.step_seconds: list[float] = []
-        self.engine_calls = 0  # open conversations, as the engine last reported them
+        self.engine_calls = 0  # open calls, as the engine last reported them
         self.dropped: dict[str, int] = {"engine_down": 0, "engine_backlog": 0, "engine_queue": 0}
+        self.rejected = 0
         self.bad_frames = 0
         self.on_lost: list[Callable[[str], None]] = []
-        self._convs: dict[int, ProcessConversation] = {}
+        self._links: dict[int, _Link] = {}
         self._ids = itertools.count(1)
-        self._requests = itertools.count(1)
         self._generation = 0
         self._proc: BaseProcess | None = None
         self._wire: FramedSocket | None = None
@@ -480,8 +370,59 @@ class EngineProcessClient:
         self._ready_at = 0.0
         self._backoff_s = 0.5
         self._retry: asyncio.TimerHandle | None = None
-        self._dropped_before = 0  # engine_queue drops of the engines that died
-        self._engine_dropped = 0  # the running engine's, from its last STATS
+        self._queue_dropped_before = 0  # refused by the engines that died
+        self._queue_dropped = 0  # by the running engine, from its last STATS
+
+    # -- EngineClient -------------------------------------------------------------------------------
+    def new_call_id(self) -> int:
+        return next(self._ids)
+
+    def submit(self, command: EngineCommand) -> None:
+        link = self._links.get(command.call)
+        if isinstance(command, Open):
+            if link is not None:
+                raise ValueError(f"call {command.call} is already open")
+            link = self._links[command.call] = _Link(self._generation)
+            if not self._live(link):
+                self._reject(link, command, f"engine {self.state}")
+                link.lost = True
+                return
+        elif link is None:
+            return  # closed or never opened: nobody listens
+        if isinstance(command, Close):
+            del self._links[command.call]
+            if self._live(link):
+                self._send(wire.encode(command))
+            return
+        if not self._live(link):
+            if isinstance(command, Feed):
+                self.dropped["engine_down"] += 1
+            self._reject(link, command, "engine restarted" if link.lost else f"engine {self.state}")
+            return
+        if isinstance(command, Feed) and self._wire is not None and \
+                self._wire.blocked_for(time.monotonic()) > self.backlog_s:
+            self.dropped["engine_backlog"] += 1
+            self._reject(link, command, f"engine backlog over {self.backlog_s * 1000:.0f} ms")
+            return
+        self._send(wire.encode(command))
+
+    async def next_event(self, call: int) -> EngineEvent:
+        link = self._links.get(call)
+        if link is None:
+            raise LookupError(f"call {call} is not open")
+        return await link.events.get()
+
+    def _live(self, link: _Link) -> bool:
+        return not link.lost and link.generation == self._generation and self.state == "running" \
+            and self._wire is not None
+
+    def _send(self, data: bytes) -> None:
+        if self._wire is not None:
+            self._wire.send(data)
+
+    def _reject(self, link: _Link, command: EngineCommand, reason: str) -> None:
+        self.rejected += 1
+        link.events.put_nowait(Rejected(command.call, command.request, command_name(command), reason))
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -498,14 +439,13 @@ class EngineProcessClient:
                 readable, _, _ = select.select([sock.fileno(), proc.sentinel], [], [], min(left, 1.0))
                 if sock.fileno() in readable:
                     data = sock.recv(1 << 16)
+                    bodies = frames.push(data) if data else []
+                    if bodies:
+                        if bodies[0][:1] != bytes([wire.READY]):
+                            raise EngineStartError(f"the engine process sent kind {bodies[0][:1]!r} before READY")
+                        self._ready(bodies[0])
+                        break
                     if data:
-                        bodies = frames.push(data)
-                        if bodies:
-                            msg = wire.decode(bodies[0])
-                            if msg.kind != wire.READY:
-                                raise EngineStartError(f"the engine process sent kind {msg.kind} before READY")
-                            self._ready(msg)
-                            break
                         continue
                 if proc.sentinel in readable or not proc.is_alive():
                     proc.join(1)
@@ -540,9 +480,8 @@ class EngineProcessClient:
         self._sentinel = proc.sentinel
         loop.add_reader(proc.sentinel, self._lost, generation, "process exited")
 
-    def _ready(self, msg: wire.Message) -> None:
-        self.pid = msg.conv
-        self.model_info = msg.fields[0]
+    def _ready(self, body: bytes) -> None:
+        self.pid, self.model_info = wire.decode_ready(body)
         self.state = "running"
         self._ready_at = time.monotonic()
         self.budget.recent.clear()
@@ -561,16 +500,14 @@ class EngineProcessClient:
             proc.join(2)
             exitcode = proc.exitcode
         message = f"engine process {self.pid} lost ({why}, exit code {exitcode})"
-        event(log, "engine.died", logging.ERROR, pid=self.pid, reason=why, exitcode=exitcode,
-              calls=len(self._convs))
-        stopping = self.state == "stopped"
-        convs = list(self._convs.values())
-        self._convs.clear()
-        for conv in convs:
-            conv._lose(message)
-        self._dropped_before += self._engine_dropped
-        self._engine_dropped = 0
-        if stopping:
+        event(log, "engine.died", logging.ERROR, pid=self.pid, reason=why, exitcode=exitcode, calls=len(self._links))
+        for call, link in self._links.items():
+            if not link.lost:
+                link.lost = True
+                link.events.put_nowait(EngineFault(call, None, message, engine_restarted=True))
+        self._queue_dropped_before += self._queue_dropped
+        self._queue_dropped = 0
+        if self.state == "stopped":
             return
         self.state = "restarting"
         self.restarts += 1
@@ -586,17 +523,15 @@ class EngineProcessClient:
         self._retry = None
         if self.state == "stopped":
             return
+        assert self._loop is not None
         try:
             sock, proc = self._spawn()
         except Exception as exc:
             event(log, "engine.spawn_failed", logging.ERROR, error=repr(exc)[:200])
-            assert self._loop is not None
             self._retry = self._loop.call_later(self._backoff_s, self._respawn)
             return
         self._attach(sock, proc)
-        assert self._loop is not None
-        generation = self._generation
-        self._loop.call_later(self.ready_timeout_s, self._ready_timeout, generation)
+        self._loop.call_later(self.ready_timeout_s, self._ready_timeout, self._generation)
 
     def _ready_timeout(self, generation: int) -> None:
         if generation == self._generation and self.state == "restarting":
@@ -617,38 +552,35 @@ class EngineProcessClient:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        proc = self._proc
+        proc, self._proc = self._proc, None
         if self._wire is not None and not self._wire.closed:
             with contextlib.suppress(OSError):
                 self._wire.sock.setblocking(True)
                 self._wire.sock.settimeout(1.0)
-                self._wire.sock.sendall(wire.simple(wire.STOP, 0))
+                self._wire.sock.sendall(wire.stop())
         self._detach()
         if proc is not None:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
                 proc.join(2)
-        self._proc = None
-        for conv in list(self._convs.values()):
-            conv._lose("engine stopped")
-        self._convs.clear()
 
     def kill_for_test(self) -> None:
-        """SIGKILL the engine process (the supervision tests and `bench` use it)."""
+        """SIGKILL the engine process (the supervision test and bench/sip_load.py use it)."""
         if self._proc is not None and self._proc.pid is not None:
             os.kill(self._proc.pid, signal.SIGKILL)
 
-    # -- what the call manager asks -----------------------------------------------------------------
+    # -- what the call manager, /healthz and /metrics ask ---------------------------------------------
     @property
     def active_calls(self) -> int:
-        return len(self._convs)
+        return len(self._links)
 
     def refusal(self, now: float | None = None) -> str | None:
         """Why a new call cannot be taken now (None: admit it)."""
         if self.state != "running":
             return "engine_restarting" if self.state in ("restarting", "starting") else "engine_stopped"
-        if not self.budget.fits(len(self._convs), time.monotonic() if now is None else now):
+        live = sum(1 for link in self._links.values() if not link.lost)
+        if not self.budget.fits(live, time.monotonic() if now is None else now):
             return "overloaded"
         return None
 
@@ -656,96 +588,57 @@ class EngineProcessClient:
         now = time.monotonic()
         return {"state": self.state, "pid": self.pid, "restarts": self.restarts, "process": True,
                 "step_p90_ms": round(self.budget.p90_ms(now), 2), "step_budget_ms": round(self.budget.budget_ms, 2),
-                "calls": len(self._convs)}
+                "calls": len(self._links)}
 
-    def open(self, instructions: str | None = None) -> ProcessConversation:
-        conv = ProcessConversation(self, next(self._ids), self._generation)
-        if self.state != "running" or self._wire is None:
-            conv._lose(f"engine is {self.state}")
-            return conv
-        self._convs[conv.id] = conv
-        self._wire.send(wire.open_call(conv.id, instructions or ""))
-        return conv
-
-    # -- plumbing -----------------------------------------------------------------------------------
-    def _send(self, conv: ProcessConversation, data: bytes) -> bool:
-        if conv.generation != self._generation or self._wire is None or self.state != "running":
-            return False
-        self._wire.send(data)
-        return True
-
-    def _feed_allowed(self, conv: ProcessConversation) -> bool:
-        if conv.lost or conv.generation != self._generation or self._wire is None or self.state != "running":
-            self.dropped["engine_down"] += 1
-            return False
-        if self._wire.blocked_for(time.monotonic()) > self.backlog_s:
-            self.dropped["engine_backlog"] += 1
-            return False
-        return True
-
-    def _forget(self, conv: ProcessConversation) -> None:
-        if self._convs.get(conv.id) is conv:
-            del self._convs[conv.id]
-
+    # -- frames from the engine -----------------------------------------------------------------------
     def _on_frame(self, body: bytes) -> None:
-        from model.engine import AgentAudio, EngineError, ReplyFinished
-
+        kind = body[0] if body else -1
         try:
-            msg = wire.decode(body)
+            if kind == wire.READY:
+                self._ready(body)
+                return
+            if kind == wire.STATS:
+                steps, calls, refused, times = wire.decode_stats(body)
+                self.steps, self.engine_calls = steps, calls
+                self.step_seconds.extend(times)
+                del self.step_seconds[:-10000]
+                self._queue_dropped = refused
+                self.dropped["engine_queue"] = self._queue_dropped_before + refused
+                self.budget.observe(times, time.monotonic())
+                return
+            value = wire.decode_event(body)
         except wire.WireError as exc:
             self.bad_frames += 1
             event(log, "engine.bad_frame", logging.WARNING, error=str(exc)[:200])
             return
-        if msg.kind == wire.READY:
-            self._ready(msg)
-            return
-        if msg.kind == wire.STATS:
-            steps, active, dropped, times = msg.fields
-            self.steps, self.engine_calls = steps, active
-            self.step_seconds.extend(times)
-            del self.step_seconds[:-10000]
-            self._engine_dropped = dropped
-            self.dropped["engine_queue"] = self._dropped_before + dropped
-            self.budget.observe(times, time.monotonic())
-            return
-        conv = self._convs.get(msg.conv)
-        if conv is None:
-            return
-        f = msg.fields
-        if msg.kind == wire.AUDIO:
-            conv.events.put_nowait(AgentAudio(f[0], f[1], f[2], f[3], f[4], f[5]))
-        elif msg.kind == wire.FINISHED:
-            conv.events.put_nowait(ReplyFinished(*f))
-        elif msg.kind == wire.ERROR:
-            conv.events.put_nowait(EngineError(f[0], f[1]))
-        elif msg.kind == wire.INTERRUPT_RESULT:
-            request, result = f
-            conv._interrupt_result(request, None if result is None else ReplyFinished(*result))
+        link = self._links.get(value.call)
+        if link is not None and not link.lost:
+            link.events.put_nowait(value)
 
 
-class ThreadEngineClient:
-    """The in-thread engine (model.engine.Engine in this process) behind the same interface.
+class InThreadEngine(ThreadEngineClient):
+    """The in-thread engine (model.engine.Engine in this process) with the supervision interface.
 
     Only for tests and benchmarks that hand the runtime an already loaded model; `serve` and
     `simulate` run the engine in its own process.
     """
 
     def __init__(self, engine: Engine, choice_description: str) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.on_lost: list[Callable[[str], None]] = []
-        self.restarts = 0
         loaded = engine.loaded
         self.model_info = {"description": choice_description, "device": str(loaded.device),
                            "dtype": str(loaded.dtype),
                            "decoder": loaded.decoder.name if loaded.decoder is not None else "none"}
-
-    @property
-    def state(self) -> str:
-        return "running"
+        self.state = "running"
 
     @property
     def pid(self) -> int:
         return os.getpid()
+
+    @property
+    def restarts(self) -> int:
+        return self.engine.restarts
 
     @property
     def steps(self) -> int:
@@ -757,7 +650,7 @@ class ThreadEngineClient:
 
     @property
     def dropped(self) -> dict[str, int]:
-        return {}
+        return {"engine_queue": self.dropped_frames}
 
     @property
     def active_calls(self) -> int:
@@ -774,6 +667,3 @@ class ThreadEngineClient:
 
     def health(self) -> dict[str, Any]:
         return {"state": "running", "pid": os.getpid(), "restarts": self.engine.restarts, "process": False}
-
-    def open(self, instructions: str | None = None) -> CallConversation:
-        return self.engine.open(instructions)

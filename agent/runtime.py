@@ -70,7 +70,7 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     (``agent.engine_process``); given an already `loaded` model (tests, benchmarks), the engine
     runs in a thread of this process instead.
     """
-    from agent.engine_process import EngineProcessClient, ThreadEngineClient
+    from agent.engine_process import EngineProcessClient, InThreadEngine
 
     engine: EngineHost
     if loaded is not None:
@@ -82,7 +82,7 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
         sys.setswitchinterval(0.0005)
         choice = choice or ModelChoice(Path("."), "a model loaded by the caller", False)
         tiny = choice_is_tiny(loaded)
-        engine = ThreadEngineClient(Engine(loaded, engine_settings(settings.model, tiny,
+        engine = InThreadEngine(Engine(loaded, engine_settings(settings.model, tiny,
                                                                    slots=settings.server.max_calls)),
                                     choice.description)
     else:
