@@ -70,7 +70,7 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     (``agent.engine_process``); given an already `loaded` model (tests, benchmarks), the engine
     runs in a thread of this process instead.
     """
-    from agent.engine_process import EngineProcessClient, InThreadEngine
+    from agent.engine_process import EngineProcessClient, InThreadEngine, StepBudget
 
     engine: EngineHost
     if loaded is not None:
@@ -87,7 +87,8 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
                                     choice.description)
     else:
         choice = choice or choose_for_settings(settings.model)
-        engine = EngineProcessClient(settings, choice, slots=settings.server.max_calls)
+        engine = EngineProcessClient(settings, choice, slots=settings.server.max_calls,
+                                     budget=StepBudget(margin=settings.server.admission_step_margin))
     engine.start()
     if engine.model_info.get("tiny", loaded is not None and choice_is_tiny(loaded)):
         print(f"model: tiny model: replies capped at {settings.model.tiny_max_reply_ms} ms "
