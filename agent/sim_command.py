@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -87,6 +88,9 @@ def run_simulate(settings: Settings, paths: list[str], transport: str, concurren
     except ProvenanceError as exc:
         raise CliError(str(exc)) from None
     choice = choose_for_settings(settings.model)  # the engine process loads it
+    # scenarios test the agent's behaviour, not admission: a slow shared CPU must not turn them into
+    # "overloaded" refusals (serve keeps server.admission_step_margin)
+    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, admission_step_margin=0.0))
     _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, concurrency {concurrency}, out {out}")
 
     async def main() -> int:
