@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.call_marks import EarMarkCheck, run_mark_summary
 from agent.caller_leg import CallerLeg
-from agent.commands import load_for_settings
+from agent.commands import choose_for_settings
 from agent.errors import CliError
 from agent.inproc import InprocLeg
 from agent.provenance import ProvenanceError
@@ -55,8 +56,7 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
             leg: CallerLeg = SipCallerLeg(uri)
             return leg
     try:
-        decoder = runtime.loaded.decoder.name if runtime.loaded.decoder is not None else "none"
-        model = f"{runtime.choice.description}; audio decoder: {decoder}"
+        model = f"{runtime.choice.description}; audio decoder: {runtime.model_info.get('decoder', 'none')}"
         run = await run_simulation(scenarios, leg_factory, model=model, transport=transport,
                                    concurrency=concurrency, out_dir=out_dir,
                                    summary_of=summaries_from(runtime.calls.summaries),
@@ -72,7 +72,7 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
     failed = len(run.calls) - passed
     _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")
     _say(f"simulate: model used: {runtime.choice.description}; audio decoder: "
-         f"{runtime.loaded.decoder.name if runtime.loaded.decoder is not None else 'none'}")
+         f"{runtime.model_info.get('decoder', 'none')}")
     return 0 if failed == 0 and len(run.calls) == len(scenarios) else 1
 
 
@@ -87,11 +87,14 @@ def run_simulate(settings: Settings, paths: list[str], transport: str, concurren
         marks = EarMarkCheck.from_settings(settings)
     except ProvenanceError as exc:
         raise CliError(str(exc)) from None
-    loaded, choice = load_for_settings(settings.model)
+    choice = choose_for_settings(settings.model)  # the engine process loads it
+    # scenarios test the agent's behaviour, not admission: a slow shared CPU must not turn them into
+    # "overloaded" refusals (serve keeps server.admission_step_margin)
+    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, admission_step_margin=0.0))
     _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, concurrency {concurrency}, out {out}")
 
     async def main() -> int:
-        runtime = build_runtime(settings, loaded, choice)
+        runtime = build_runtime(settings, choice=choice)
         return await _simulate(settings, runtime, scenarios, transport, concurrency, out, marks)
 
     return asyncio.run(main())

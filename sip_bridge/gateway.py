@@ -367,6 +367,8 @@ class SipGateway:
             event(log, "sip.call_failed", logging.ERROR, call_id=call.call_id, error=repr(exc)[:200])
         finally:
             gauge.dec()
+            if call.transport.dropped_audio:
+                self.metrics.dropped_frames.labels("sip_inbound").inc(call.transport.dropped_audio)
             if not call.transport.ended:
                 call.transport.remote_ended("session ended")
             self._hangup_ua(call.call_id)
