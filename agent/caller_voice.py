@@ -117,10 +117,10 @@ def check_voice(voice: str) -> None:
         raise CallerVoiceError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
 
 
-def _synthesise(binary: str, text: str, voice: str, rate_wpm: int) -> tuple[Int16Array, int]:
+def _synthesise(binary: str, text: str, voice: str, rate_wpm: int, ssml: bool = False) -> tuple[Int16Array, int]:
     with tempfile.TemporaryDirectory(prefix="lfmcall-espeak-") as tmp:
         out = Path(tmp) / "say.wav"
-        cmd = [binary, "-v", voice, "-s", str(rate_wpm), "-w", str(out), "--stdin"]
+        cmd = [binary, "-v", voice, "-s", str(rate_wpm), "-w", str(out), *(["-m"] if ssml else []), "--stdin"]
         try:
             done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=ESPEAK_TIMEOUT_S,
                                   check=False)
@@ -221,3 +221,14 @@ def render_step(step: SayStep | DtmfStep, caller: CallerConfig, sample_rate: int
         return render_wav(step.wav, caller.volume_db, sample_rate)
     assert step.text is not None
     return render_say(step.text, caller.voice, caller.rate_wpm, caller.volume_db, sample_rate, cache_dir)
+
+
+def render_ssml(ssml: str, voice: str = "en-us", rate_wpm: int = 160, sample_rate: int = 16000) -> Int16Array:
+    """Speak an SSML string (``<break time="800ms"/>`` pauses inside one utterance) with espeak-ng:
+    mono int16 at ``sample_rate`` at the nominal level, leading and trailing silence cut. Not cached
+    (the turn corpus tool renders each utterance once)."""
+    binary = espeak_binary()
+    check_voice(voice)
+    raw, raw_rate = _synthesise(binary, f"<speak>{ssml}</speak>", voice, rate_wpm, ssml=True)
+    audio = np.asarray(resample_offline(raw, raw_rate, sample_rate), dtype=np.int16)
+    return trim_silence(scale_to_level(audio, sample_rate, NOMINAL_SPEECH_LEVEL_DBFS), sample_rate)

@@ -65,6 +65,21 @@ class TurnSettings:
 
 
 @dataclass(frozen=True)
+class EndpointingSettings:
+    detectors: tuple[str, ...] = spec(("prosodic", "adaptive"))
+    combine: str = spec("mean", choices=("min", "max", "mean"))
+    min_silence_ms: int = spec(250, min=50, max=10000)
+    max_silence_ms: int = spec(1600, min=50, max=10000)
+    adaptive_initial_ms: int = spec(800, min=50, max=10000)
+    adaptive_min_ms: int = spec(500, min=50, max=10000)
+    adaptive_max_ms: int = spec(1600, min=50, max=10000)
+    adaptive_margin_ms: int = spec(250, min=0, max=5000)
+    learned_model_path: str = spec("")
+    learned_window_s: float = spec(8.0, min=0.5, max=30.0)
+    speculative_window_ms: int = spec(400, min=0, max=5000)
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     ref: str = spec("LiquidAI/LFM2.5-Audio-1.5B")
     offline_fallback: str = spec("tiny", choices=("tiny", "error"))
@@ -144,6 +159,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     turn: TurnSettings = field(default_factory=TurnSettings)
+    endpointing: EndpointingSettings = field(default_factory=EndpointingSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     http: HttpSettings = field(default_factory=HttpSettings)

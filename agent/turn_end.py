@@ -1,0 +1,494 @@
+"""When has the caller finished? Pluggable end-of-turn detectors and the policy that combines them.
+
+Theory of operation
+-------------------
+A ``TurnEndDetector`` is pure: it is fed the caller's 16 kHz audio as it arrives, each piece with
+the VAD's state for it (``voiced``) and an explicit ``now_ms``; asked ``required_silence_ms(now)``, it
+answers how long a silence after the caller's last voiced audio ends the turn, judged from what it
+has heard so far. TurnTaking measures the silence itself (from ``VadSpeechPaused``) and ends the turn
+once the silence reaches that figure. ``turn_ended(now)`` tells a detector that the turn was ended
+(the gap running now is between turns, not a pause inside one).
+
+Implementations:
+
+- ``SilenceDetector``: a fixed silence (the behaviour before detectors existed).
+- ``AdaptiveDetector``: learns this caller's pauses inside turns (the gaps after which they went on
+  speaking) and asks for a silence a margin above the longest recent one, within ``[min_ms, max_ms]``.
+- ``ProsodicDetector``: reads the pitch and energy contour of the last voiced stretch (numpy only):
+  a final fall in pitch and energy and a lengthened last syllable mean "finished", a level or
+  rising contour at full energy means "going on". It turns the contour into a probability ``q``
+  that the turn is complete (a logistic model, ``PROSODIC_WEIGHTS``) and asks for
+  ``min_ms + (max_ms - min_ms) * (1 - q)``.
+- ``LearnedDetector``: the same mapping with ``q`` from an ONNX model on a local path (for example
+  Smart Turn v3), run with onnxruntime (the optional ``turn`` extra). A model whose input has rank 2
+  gets the last ``window_s`` of raw 16 kHz audio ``[1, samples]``; rank 3 gets Whisper-style log-mel
+  features ``[1, 80, frames]``. The first output's first value is ``q``.
+
+``EndpointPolicy`` combines several detectors (``min``: the quickest wins; ``max``: all must agree;
+``mean``) and is itself a ``TurnEndDetector``. ``policy_from_settings`` builds it from the config's
+``endpointing`` section (docs/endpointing.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Int16Array = npt.NDArray[np.int16]
+FloatArray = npt.NDArray[np.float64]
+
+RATE = 16000
+HOP = 160  # 10 ms analysis hop
+WIN = 640  # 40 ms analysis window
+F0_MIN, F0_MAX = 60.0, 400.0
+
+
+class TurnEndDetector(Protocol):
+    name: str
+
+    def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> None:
+        """16 kHz caller audio that ends at ``now_ms``; ``voiced``: the VAD says speech for it."""
+
+    def required_silence_ms(self, now_ms: int) -> int:
+        """The silence after the last voiced audio that ends the turn, judged from what was heard."""
+
+    def turn_ended(self, now_ms: int) -> None:
+        """The turn was ended: the silence running now is a gap between turns, not a pause."""
+
+
+# ---------------------------------------------------------------------------------------------- silence
+
+
+@dataclass
+class SilenceDetector:
+    silence_ms: int = 1200
+    name: str = "silence"
+
+    def __post_init__(self) -> None:
+        if self.silence_ms <= 0:
+            raise ValueError(f"silence_ms must be positive, got {self.silence_ms}")
+
+    def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> None:
+        return None
+
+    def required_silence_ms(self, now_ms: int) -> int:
+        return self.silence_ms
+
+    def turn_ended(self, now_ms: int) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- adaptive
+
+
+class _VoiceClock:
+    """Voiced/unvoiced edges from the VAD state that comes with each piece of audio."""
+
+    def __init__(self) -> None:
+        self.voiced = False
+        self.voice_end_ms: int | None = None  # end of the last voiced audio
+        self.heard_voice = False
+
+    def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> int | None:
+        """Returns the length of a pause that just ended (voice back after silence), else None."""
+        ended: int | None = None
+        if voiced:
+            if not self.voiced and self.voice_end_ms is not None:
+                ended = max(0, now_ms - pcm.size * 1000 // RATE - self.voice_end_ms)
+            self.heard_voice = True
+        elif self.voiced:
+            self.voice_end_ms = now_ms - pcm.size * 1000 // RATE
+        self.voiced = voiced
+        return ended
+
+
+@dataclass
+class AdaptiveDetector:
+    """Silence a margin above this caller's longest recent pause inside a turn, within bounds."""
+
+    initial_ms: int = 800
+    min_ms: int = 500
+    max_ms: int = 1600
+    margin_ms: int = 250
+    history: int = 8
+    name: str = "adaptive"
+    _clock: _VoiceClock = field(default_factory=_VoiceClock, repr=False)
+    _pauses: deque[int] = field(default_factory=deque, repr=False)
+    _between_turns: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_ms <= self.initial_ms <= self.max_ms:
+            raise ValueError(f"need 0 < min_ms <= initial_ms <= max_ms, got {self.min_ms}/{self.initial_ms}/{self.max_ms}")
+        if self.margin_ms < 0 or self.history <= 0:
+            raise ValueError("margin_ms must be >= 0 and history > 0")
+
+    @property
+    def pauses(self) -> list[int]:
+        return list(self._pauses)
+
+    def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> None:
+        ended = self._clock.feed(pcm, voiced, now_ms)
+        if ended is not None:
+            if not self._between_turns and ended <= self.max_ms:
+                self._pauses.append(ended)
+                while len(self._pauses) > self.history:
+                    self._pauses.popleft()
+            self._between_turns = False
+
+    def required_silence_ms(self, now_ms: int) -> int:
+        if not self._pauses:
+            return self.initial_ms
+        return int(min(self.max_ms, max(self.min_ms, max(self._pauses) + self.margin_ms)))
+
+    def turn_ended(self, now_ms: int) -> None:
+        self._between_turns = True
+
+
+# ---------------------------------------------------------------------------------------------- prosody
+
+
+def frame_analysis(x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per 10 ms frame (40 ms windows) of 16 kHz audio in [-1, 1]: F0 in Hz, voicing strength (the
+    normalised autocorrelation peak, 0-1) and level in dBFS."""
+    n = (x.size - WIN) // HOP + 1
+    if n <= 0:
+        empty = np.zeros(0)
+        return empty, empty, empty
+    idx = np.arange(WIN)[None, :] + HOP * np.arange(n)[:, None]
+    frames = x[idx]
+    level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-12)
+    frames = (frames - frames.mean(axis=1, keepdims=True)) * np.hanning(WIN)[None, :]
+    spec = np.fft.rfft(frames, 2 * WIN, axis=1)
+    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :WIN]
+    energy = ac[:, :1] + 1e-12
+    # unbiased: divide by the overlap of the window with itself at each lag
+    w = np.hanning(WIN)
+    norm = np.correlate(w ** 2, w ** 2, "full")[WIN - 1:][:WIN]
+    ac = ac / energy * (norm[0] / np.maximum(norm, 1e-9))
+    lo, hi = int(RATE / F0_MAX), int(RATE / F0_MIN)
+    seg = ac[:, lo:hi]
+    best = seg.max(axis=1)
+    # the shortest lag whose peak is near the best: avoids subharmonic (octave-down) errors
+    good = seg >= 0.9 * best[:, None]
+    lag = good.argmax(axis=1) + lo
+    # refine within the local peak
+    lag = np.array([lo + int(np.argmax(seg[i, max(0, k - lo - 3):k - lo + 4])) + max(0, k - lo - 3)
+                    for i, k in enumerate(lag)], dtype=np.float64) if n else lag
+    f0 = RATE / np.maximum(lag, 1.0)
+    return f0, np.clip(best, 0.0, 1.0), level
+
+
+@dataclass(frozen=True)
+class ProsodicFeatures:
+    final_pitch_st: float  # pitch of the last 150 ms of voicing, semitones above the caller's median
+    pitch_slope_st_s: float  # pitch slope over the last 350 ms of voicing, semitones per second
+    final_level_db: float  # level of the last 100 ms of speech relative to the caller's median
+    level_slope_db_s: float  # level slope over the last 300 ms of speech, dB per second
+    final_voicing: float  # voicing strength of the last 100 ms of speech
+    final_run_ratio: float  # log2 of the last voiced run's length over the median run (lengthening)
+
+    def vector(self) -> FloatArray:
+        return np.array([self.final_pitch_st, self.pitch_slope_st_s / 10, self.final_level_db / 10,
+                         self.level_slope_db_s / 100, self.final_voicing, self.final_run_ratio])
+
+
+NEUTRAL = ProsodicFeatures(0.0, 0.0, 0.0, 0.0, 0.5, 0.0)
+# Logistic weights over ProsodicFeatures.vector() and a bias, fitted with `lfm-call turn-eval --fit`
+# on the seed-14 corpus (tools/turn_corpus/README.md); the seed-99 corpus is held out.
+PROSODIC_WEIGHTS: tuple[float, ...] = (-0.25, -0.3, -1.6, -0.8, -1.0, 0.6)
+PROSODIC_BIAS = -0.6
+
+
+def _slope(t: FloatArray, y: FloatArray) -> float:
+    if t.size < 3 or float(np.ptp(t)) <= 0:
+        return 0.0
+    return float(np.polyfit(t, y, 1)[0])
+
+
+def prosodic_features(x: FloatArray, voiced: npt.NDArray[np.bool_]) -> ProsodicFeatures:
+    """Features of the last voiced stretch of ``x`` (16 kHz in [-1, 1]); ``voiced``: the VAD's
+    state per sample. Reference pitch and level: the caller's voiced audio in ``x``."""
+    f0, strength, level = frame_analysis(x)
+    if f0.size == 0:
+        return NEUTRAL
+    centre = np.minimum(np.arange(f0.size) * HOP + WIN // 2, voiced.size - 1)
+    vad = voiced[centre]
+    if not vad.any():
+        return NEUTRAL
+    ref_level = float(np.median(level[vad]))
+    active = vad & (level > ref_level - 25)
+    if not active.any():
+        return NEUTRAL
+    last = int(np.nonzero(active)[0][-1])
+    pitched = active & (strength > 0.45)
+    semis = 12 * np.log2(np.maximum(f0, 1.0))
+    ref_pitch = float(np.median(semis[pitched])) if pitched.any() else 0.0
+    t = np.arange(f0.size) * HOP / RATE
+    near = np.arange(f0.size) > last - 35
+    tail_p = pitched & near
+    final_p = pitched & (np.arange(f0.size) > last - 15)
+    final_pitch = float(np.median(semis[final_p]) - ref_pitch) if final_p.any() else 0.0
+    # a pitch track jumps by octaves at times: clip each frame to +-12 st around the reference
+    tp = np.clip(semis[tail_p] - ref_pitch, -12, 12)
+    pitch_slope = _slope(t[tail_p], tp)
+    final_a = active & (np.arange(f0.size) > last - 10)
+    final_level = float(np.median(level[final_a]) - ref_level)
+    tail_a = active & (np.arange(f0.size) > last - 30)
+    level_slope = _slope(t[tail_a], level[tail_a])
+    final_voicing = float(np.mean(strength[final_a]))
+    # voiced runs (consecutive pitched frames)
+    runs: list[int] = []
+    run = 0
+    for p in pitched[: last + 1]:
+        if p:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    if run:
+        runs.append(run)
+    ratio = 0.0
+    if len(runs) >= 2:
+        ratio = math.log2(max(runs[-1], 1) / max(float(np.median(runs[:-1])), 1.0))
+    return ProsodicFeatures(final_pitch, float(np.clip(pitch_slope, -60, 60)), final_level,
+                            float(np.clip(level_slope, -300, 300)), final_voicing, float(np.clip(ratio, -3, 3)))
+
+
+def completion_probability(features: ProsodicFeatures, weights: Sequence[float] = PROSODIC_WEIGHTS,
+                           bias: float = PROSODIC_BIAS) -> float:
+    z = float(np.dot(features.vector(), np.asarray(weights))) + bias
+    return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+class _Recent:
+    """The last ``keep_s`` of audio with the VAD state per sample."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep = int(keep_s * RATE)
+        self.parts: deque[tuple[Int16Array, bool]] = deque()
+        self.size = 0
+
+    def feed(self, pcm: Int16Array, voiced: bool) -> None:
+        if pcm.size == 0:
+            return
+        self.parts.append((pcm, voiced))
+        self.size += pcm.size
+        while self.parts and self.size - self.parts[0][0].size >= self.keep:
+            self.size -= self.parts.popleft()[0].size
+
+    def audio(self) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        if not self.parts:
+            return np.zeros(0), np.zeros(0, bool)
+        x = np.concatenate([p for p, _ in self.parts]).astype(np.float64) / 32768.0
+        v = np.concatenate([np.full(p.size, f, bool) for p, f in self.parts])
+        return x, v
+
+
+def _map_probability(q: float, min_ms: int, max_ms: int) -> int:
+    return int(round(min_ms + (max_ms - min_ms) * (1.0 - min(1.0, max(0.0, q)))))
+
+
+@dataclass
+class _ProbabilityDetector:
+    """Shared by the prosodic and learned detectors: q per pause, mapped to a silence."""
+
+    min_ms: int = 250
+    max_ms: int = 1600
+    keep_s: float = 6.0
+    name: str = "probability"
+    _recent: _Recent = field(init=False, repr=False)
+    _q: float | None = field(default=None, init=False, repr=False)
+    _voiced_since_q: bool = field(default=True, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_ms <= self.max_ms:
+            raise ValueError(f"need 0 < min_ms <= max_ms, got {self.min_ms}/{self.max_ms}")
+        self._recent = _Recent(self.keep_s)
+
+    def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> None:
+        self._recent.feed(np.asarray(pcm, np.int16), voiced)
+        if voiced:
+            self._voiced_since_q = True
+
+    def probability(self) -> float:
+        """q for the current pause (computed once per pause, from the audio up to it)."""
+        if self._q is None or self._voiced_since_q:
+            x, v = self._recent.audio()
+            self._q = self._complete(x, v) if v.any() else 0.5
+            self._voiced_since_q = False
+        return self._q
+
+    def _complete(self, x: FloatArray, voiced: npt.NDArray[np.bool_]) -> float:
+        raise NotImplementedError
+
+    def required_silence_ms(self, now_ms: int) -> int:
+        return _map_probability(self.probability(), self.min_ms, self.max_ms)
+
+    def turn_ended(self, now_ms: int) -> None:
+        return None
+
+
+@dataclass
+class ProsodicDetector(_ProbabilityDetector):
+    weights: tuple[float, ...] = PROSODIC_WEIGHTS
+    bias: float = PROSODIC_BIAS
+    name: str = "prosodic"
+
+    def _complete(self, x: FloatArray, voiced: npt.NDArray[np.bool_]) -> float:
+        return completion_probability(prosodic_features(x, voiced), self.weights, self.bias)
+
+
+# ---------------------------------------------------------------------------------------------- learned
+
+
+class LearnedModelError(RuntimeError):
+    pass
+
+
+def log_mel(x: FloatArray, n_mels: int = 80, frames: int | None = None) -> npt.NDArray[np.float32]:
+    """Whisper-style log-mel features [n_mels, frames] of 16 kHz audio (25 ms windows, 10 ms hop)."""
+    n_fft, hop = 400, 160
+    pad = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect") if x.size > n_fft // 2 else np.zeros(n_fft + hop)
+    n = 1 + (pad.size - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]
+    spec = np.abs(np.fft.rfft(pad[idx] * np.hanning(n_fft + 1)[:-1], axis=1)) ** 2
+    # HTK-style mel filter bank
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    inv = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    edges = inv(np.linspace(mel(0.0), mel(8000.0), n_mels + 2))
+    bins = np.fft.rfftfreq(n_fft, 1 / RATE)
+    fb = np.zeros((n_mels, bins.size))
+    for m in range(n_mels):
+        lo, c, hi = edges[m], edges[m + 1], edges[m + 2]
+        fb[m] = np.maximum(0, np.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)))
+    feats = np.log10(np.maximum(fb @ spec.T, 1e-10))
+    feats = np.maximum(feats, feats.max() - 8.0)
+    feats = (feats + 4.0) / 4.0
+    if frames is not None:
+        feats = feats[:, -frames:] if feats.shape[1] >= frames else \
+            np.pad(feats, ((0, 0), (frames - feats.shape[1], 0)), constant_values=float(feats.min()))
+    return feats.astype(np.float32)
+
+
+def load_onnx(path: str | Path) -> Any:
+    """An onnxruntime session for the model at ``path`` (clear errors for a missing file or package)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise LearnedModelError(f"endpointing.learned.model_path: no ONNX file at {p}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LearnedModelError("the learned end-of-turn detector needs onnxruntime: "
+                                "pip install 'lfm-call[turn]' (or pip install onnxruntime)") from None
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    try:
+        return onnxruntime.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise LearnedModelError(f"cannot load the ONNX model {p}: {exc}") from None
+
+
+@dataclass
+class LearnedDetector(_ProbabilityDetector):
+    model_path: str = ""
+    window_s: float = 8.0
+    name: str = "learned"
+    session: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.keep_s = max(self.keep_s, self.window_s)
+        super().__post_init__()
+        if self.session is None:
+            self.session = load_onnx(self.model_path)
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        self._rank = len(inp.shape)
+        if self._rank not in (2, 3):
+            raise LearnedModelError(f"{self.model_path}: input {inp.name} has rank {self._rank}; "
+                                    "expected [1, samples] audio or [1, 80, frames] log-mel")
+        last = inp.shape[-1]
+        self._frames = last if isinstance(last, int) and last > 0 else None
+
+    def _complete(self, x: FloatArray, voiced: npt.NDArray[np.bool_]) -> float:
+        n = int(self.window_s * RATE)
+        x = x[-n:]
+        if self._rank == 2:
+            feed = x.astype(np.float32)[None, :]
+        else:
+            feed = log_mel(x, frames=self._frames or int(self.window_s * 100))[None, :, :]
+        out = self.session.run(None, {self._input_name: feed})[0]
+        q = float(np.asarray(out).reshape(-1)[0])
+        if not math.isfinite(q):
+            return 0.5
+        return min(1.0, max(0.0, q))
+
+
+# ---------------------------------------------------------------------------------------------- policy
+
+
+COMBINE_MODES = ("min", "max", "mean")
+
+
+@dataclass
+class EndpointPolicy:
+    """Several detectors as one: the required silence is the min, max or mean of theirs."""
+
+    detectors: list[TurnEndDetector]
+    combine: str = "mean"
+    name: str = "policy"
+
+    def __post_init__(self) -> None:
+        if not self.detectors:
+            raise ValueError("EndpointPolicy needs at least one detector")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
+        self.name = "+".join(d.name for d in self.detectors) if len(self.detectors) > 1 else self.detectors[0].name
+
+    def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> None:
+        for d in self.detectors:
+            d.feed(pcm, voiced, now_ms)
+
+    def required_silence_ms(self, now_ms: int) -> int:
+        values = [d.required_silence_ms(now_ms) for d in self.detectors]
+        if self.combine == "min":
+            return min(values)
+        if self.combine == "max":
+            return max(values)
+        return int(round(sum(values) / len(values)))
+
+    def turn_ended(self, now_ms: int) -> None:
+        for d in self.detectors:
+            d.turn_ended(now_ms)
+
+
+DETECTOR_NAMES = ("silence", "adaptive", "prosodic", "learned")
+
+
+def build_detector(name: str, settings: Any) -> TurnEndDetector:
+    """One detector from the settings (``endpointing`` section; silence: ``turn.end_of_turn_silence_ms``)."""
+    e = settings.endpointing
+    if name == "silence":
+        return SilenceDetector(settings.turn.end_of_turn_silence_ms)
+    if name == "adaptive":
+        return AdaptiveDetector(initial_ms=e.adaptive_initial_ms, min_ms=e.adaptive_min_ms, max_ms=e.adaptive_max_ms,
+                                margin_ms=e.adaptive_margin_ms)
+    if name == "prosodic":
+        return ProsodicDetector(min_ms=e.min_silence_ms, max_ms=e.max_silence_ms)
+    if name == "learned":
+        return LearnedDetector(min_ms=e.min_silence_ms, max_ms=e.max_silence_ms, model_path=e.learned_model_path,
+                               window_s=e.learned_window_s)
+    raise ValueError(f"unknown end-of-turn detector {name!r} (one of {', '.join(DETECTOR_NAMES)})")
+
+
+def policy_from_settings(settings: Any, detectors: Sequence[str] | None = None) -> EndpointPolicy:
+    """The configured policy (``endpointing.detectors`` combined by ``endpointing.combine``)."""
+    names = settings.endpointing.detectors if detectors is None else detectors
+    return EndpointPolicy([build_detector(n, settings) for n in names], combine=settings.endpointing.combine)
