@@ -178,38 +178,33 @@ def frame_analysis(x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     # the shortest lag whose peak is near the best: avoids subharmonic (octave-down) errors
     good = seg >= 0.9 * best[:, None]
     lag = good.argmax(axis=1) + lo
-    # refine within the local peak
-    lag = np.array([lo + int(np.argmax(seg[i, max(0, k - lo - 3):k - lo + 4])) + max(0, k - lo - 3)
-                    for i, k in enumerate(lag)], dtype=np.float64) if n else lag
     f0 = RATE / np.maximum(lag, 1.0)
     return f0, np.clip(best, 0.0, 1.0), level
 
 
 @dataclass(frozen=True)
 class ProsodicFeatures:
-    final_pitch_st: float  # pitch of the last 150 ms of voicing, semitones above the caller's median
-    pitch_slope_st_s: float  # pitch slope over the last 350 ms of voicing, semitones per second
-    final_level_db: float  # level of the last 100 ms of speech relative to the caller's median
-    level_slope_db_s: float  # level slope over the last 300 ms of speech, dB per second
+    final_pitch_st: float  # pitch of the last 150 ms of voicing, semitones from the caller's median
+    low_pitch_st: float  # 20th percentile of the pitch in the last 300 ms (a final fall reaches low)
+    pitch_drop_st: float  # last 150 ms against 0.4-1.0 s before the end (the contour's final fall)
+    fade_frames: float  # 10 ms frames from the last loud frame (ref - 6 dB) to the end of speech
+    peak_level_db: float  # loudest frame of the last 200 ms relative to the caller's median
     final_voicing: float  # voicing strength of the last 100 ms of speech
-    final_run_ratio: float  # log2 of the last voiced run's length over the median run (lengthening)
 
     def vector(self) -> FloatArray:
-        return np.array([self.final_pitch_st, self.pitch_slope_st_s / 10, self.final_level_db / 10,
-                         self.level_slope_db_s / 100, self.final_voicing, self.final_run_ratio])
+        return np.array([self.final_pitch_st / 3, self.low_pitch_st / 3, self.pitch_drop_st / 3,
+                         self.fade_frames / 10, self.peak_level_db / 5, self.final_voicing])
 
 
-NEUTRAL = ProsodicFeatures(0.0, 0.0, 0.0, 0.0, 0.5, 0.0)
+NEUTRAL = ProsodicFeatures(0.0, 0.0, 0.0, 0.0, 0.0, 0.5)
 # Logistic weights over ProsodicFeatures.vector() and a bias, fitted with `lfm-call turn-eval --fit`
 # on the seed-14 corpus (tools/turn_corpus/README.md); the seed-99 corpus is held out.
-PROSODIC_WEIGHTS: tuple[float, ...] = (-0.25, -0.3, -1.6, -0.8, -1.0, 0.6)
-PROSODIC_BIAS = -0.6
+PROSODIC_WEIGHTS: tuple[float, ...] = (-0.549, -1.519, 0.271, 0.013, -0.788, 0.071)
+PROSODIC_BIAS = -0.402
 
 
-def _slope(t: FloatArray, y: FloatArray) -> float:
-    if t.size < 3 or float(np.ptp(t)) <= 0:
-        return 0.0
-    return float(np.polyfit(t, y, 1)[0])
+def _median(values: FloatArray, default: float = 0.0) -> float:
+    return float(np.median(values)) if values.size else default
 
 
 def prosodic_features(x: FloatArray, voiced: npt.NDArray[np.bool_]) -> ProsodicFeatures:
@@ -226,39 +221,22 @@ def prosodic_features(x: FloatArray, voiced: npt.NDArray[np.bool_]) -> ProsodicF
     active = vad & (level > ref_level - 25)
     if not active.any():
         return NEUTRAL
+    idx = np.arange(f0.size)
     last = int(np.nonzero(active)[0][-1])
     pitched = active & (strength > 0.45)
     semis = 12 * np.log2(np.maximum(f0, 1.0))
-    ref_pitch = float(np.median(semis[pitched])) if pitched.any() else 0.0
-    t = np.arange(f0.size) * HOP / RATE
-    near = np.arange(f0.size) > last - 35
-    tail_p = pitched & near
-    final_p = pitched & (np.arange(f0.size) > last - 15)
-    final_pitch = float(np.median(semis[final_p]) - ref_pitch) if final_p.any() else 0.0
-    # a pitch track jumps by octaves at times: clip each frame to +-12 st around the reference
-    tp = np.clip(semis[tail_p] - ref_pitch, -12, 12)
-    pitch_slope = _slope(t[tail_p], tp)
-    final_a = active & (np.arange(f0.size) > last - 10)
-    final_level = float(np.median(level[final_a]) - ref_level)
-    tail_a = active & (np.arange(f0.size) > last - 30)
-    level_slope = _slope(t[tail_a], level[tail_a])
-    final_voicing = float(np.mean(strength[final_a]))
-    # voiced runs (consecutive pitched frames)
-    runs: list[int] = []
-    run = 0
-    for p in pitched[: last + 1]:
-        if p:
-            run += 1
-        elif run:
-            runs.append(run)
-            run = 0
-    if run:
-        runs.append(run)
-    ratio = 0.0
-    if len(runs) >= 2:
-        ratio = math.log2(max(runs[-1], 1) / max(float(np.median(runs[:-1])), 1.0))
-    return ProsodicFeatures(final_pitch, float(np.clip(pitch_slope, -60, 60)), final_level,
-                            float(np.clip(level_slope, -300, 300)), final_voicing, float(np.clip(ratio, -3, 3)))
+    ref_pitch = _median(semis[pitched])
+    rel = np.clip(semis - ref_pitch, -12, 12)  # octave jumps of the pitch track are clipped
+    final_pitch = _median(rel[pitched & (idx > last - 15)])
+    tail = rel[pitched & (idx > last - 30)]
+    low_pitch = float(np.percentile(tail, 20)) if tail.size > 2 else 0.0
+    before = pitched & (idx > last - 100) & (idx <= last - 40)
+    drop = final_pitch - _median(rel[before], final_pitch)
+    loud = np.nonzero(active & (level > ref_level - 6))[0]
+    fade = float(min(40, last - loud[-1])) if loud.size else 0.0
+    peak = float(level[max(0, last - 20):last + 1].max() - ref_level)
+    final_voicing = float(np.mean(strength[active & (idx > last - 10)]))
+    return ProsodicFeatures(final_pitch, low_pitch, drop, fade, peak, final_voicing)
 
 
 def completion_probability(features: ProsodicFeatures, weights: Sequence[float] = PROSODIC_WEIGHTS,

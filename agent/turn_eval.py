@@ -164,11 +164,14 @@ def required_silences(prep: Prepared, make: Callable[[], TurnEndDetector], scale
 
 def evaluate(prepared: Sequence[Prepared], make: Callable[[], TurnEndDetector],
              scales: Sequence[float] = SCALES) -> list[CurvePoint]:
+    """The curve over ``scales``. Each detector runs once (at scale 1); its required silences are
+    scaled afterwards (an adaptive detector learns from the scale-1 decisions)."""
+    base = [required_silences(prep, make, 1.0) for prep in prepared]
     points = []
     for scale in scales:
         cut, lat, missed, ends = 0, [], 0, 0
-        for prep in prepared:
-            need = required_silences(prep, make, scale)
+        for prep, need1 in zip(prepared, base, strict=True):
+            need = [int(r * scale) for r in need1]
             seen: set[int] = set()
             for p, r in zip(prep.pauses, need, strict=True):
                 if p.true_end_ms is None:
