@@ -64,6 +64,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from agent.events import (
     AgentAudioFinished,
     AgentAudioStarted,
@@ -78,6 +81,7 @@ from agent.events import (
     PlayoutEvent,
     ResponseTimedOut,
     SpeechStarted,
+    TurnConfirmed,
     TurnContinued,
     TurnEvent,
     VadEvent,
@@ -86,6 +90,7 @@ from agent.events import (
     VadSpeechStarted,
     VadSpeechStopped,
 )
+from agent.turn_end import SilenceDetector, TurnEndDetector
 
 
 class TurnState(enum.Enum):
@@ -104,12 +109,15 @@ class TurnTakingSettings:
     max_turn_ms: int = 30_000
     response_timeout_ms: int = 5_000
     early_response_silence_ms: int = 0  # 0: off; else EndOfTurnPredicted after this much silence
+    speculative_window_ms: int = 0  # 0: off; else caller speech within the agent's first N ms: false start
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
                      "max_turn_ms", "response_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TurnTakingSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.speculative_window_ms < 0:
+            raise ValueError(f"speculative_window_ms must be >= 0, got {self.speculative_window_ms}")
         if not 0 <= self.early_response_silence_ms < self.end_of_turn_silence_ms:
             raise ValueError(
                 f"early_response_silence_ms ({self.early_response_silence_ms}) must be >= 0 and below "
@@ -125,8 +133,14 @@ class TurnTakingSettings:
 class TurnTaking:
     """Feed VAD events, playout facts and ticks; each call returns the turn events it caused, in order."""
 
-    def __init__(self, settings: TurnTakingSettings | None = None) -> None:
+    def __init__(self, settings: TurnTakingSettings | None = None, detector: TurnEndDetector | None = None) -> None:
         self.settings = settings or TurnTakingSettings()
+        # how much silence ends the turn: asked at every check (default: the fixed end_of_turn_silence_ms)
+        self.detector: TurnEndDetector = detector or SilenceDetector(self.settings.end_of_turn_silence_ms)
+        self.false_starts = 0
+        self._speculative = False  # an EndOfTurn whose window has not passed
+        self._speculative_until: int | None = None  # the window's end, once the agent's audio started
+        self._turn_voiced_ms = 0  # the ended turn's voiced time (kept for a false start)
         self.state = TurnState.LISTENING
         self.agent_audio_playing = False
         self._now_ms: int | None = None
@@ -157,6 +171,10 @@ class TurnTaking:
         if isinstance(event, AgentAudioFinished):
             return self.agent_audio_finished(now_ms, interrupted=event.interrupted)
         raise TypeError(f"TurnTaking cannot handle {type(event).__name__}")
+
+    def audio(self, pcm: npt.NDArray[np.int16], voiced: bool, now_ms: int) -> None:
+        """16 kHz caller audio (echo-gated) ending at ``now_ms`` with the VAD's state, for the detector."""
+        self.detector.feed(pcm, voiced, now_ms)
 
     def speech_started(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
         self._advance(now_ms)
@@ -196,6 +214,8 @@ class TurnTaking:
         if self.agent_audio_playing:
             return self._evaluate(now_ms)
         self.agent_audio_playing = True
+        if self._speculative and self._speculative_until is None:
+            self._speculative_until = now_ms + self.settings.speculative_window_ms
         events: list[TurnEvent] = [AgentStartedSpeaking(at_ms=now_ms)]
         if self.state in (TurnState.LISTENING, TurnState.AGENT_THINKING):
             self.state = TurnState.AGENT_SPEAKING
@@ -224,6 +244,7 @@ class TurnTaking:
         self._advance(now_ms)
         if self.state is TurnState.AGENT_THINKING:
             self.state = TurnState.LISTENING
+        self._speculative = False
         return self._evaluate(now_ms)
 
     def tick(self, now_ms: int) -> list[TurnEvent]:
@@ -233,11 +254,15 @@ class TurnTaking:
     def next_deadline_ms(self) -> int | None:
         """The next time at which ``tick`` could emit something without new input (None: no timer)."""
         s = self.settings
+        if self._speculative and self._speculative_until is not None and \
+                self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
+            return self._speculative_until
         if self.state is TurnState.CALLER_SPEAKING:
             turn_end = self._speech_start_ms + s.max_turn_ms
             if self._silence_since_ms is not None:
-                end = self._silence_since_ms + s.end_of_turn_silence_ms
-                if s.early_response_silence_ms and not self._predicted:
+                required = self._required_silence_ms(self._silence_since_ms)
+                end = self._silence_since_ms + required
+                if s.early_response_silence_ms and not self._predicted and s.early_response_silence_ms < required:
                     end = self._silence_since_ms + s.early_response_silence_ms
                 return min(turn_end, end)
             return turn_end
@@ -270,6 +295,15 @@ class TurnTaking:
             self._begin_speech(at_ms)
             self.state = TurnState.CALLER_SPEAKING
             events.append(SpeechStarted(at_ms=at_ms))
+        elif self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING) and self._in_window(now_ms):
+            # the caller goes on within the agent's first N ms: a false start, the turn continues
+            self._speculative = False
+            self.false_starts += 1
+            self.state = TurnState.CALLER_SPEAKING
+            self._closed_voiced_ms = self._turn_voiced_ms
+            self._segment_start_ms = at_ms
+            self._silence_since_ms = None
+            events.append(TurnContinued(at_ms=now_ms, resumed_ms=at_ms, false_start=True))
         elif self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
             self._begin_speech(at_ms)
             self.state = TurnState.INTERRUPTION_PENDING
@@ -318,9 +352,12 @@ class TurnTaking:
                 self._ignore_talkspurt = self._talkspurt
                 return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
             return []
+        if self._speculative and self._speculative_until is not None and now_ms >= self._speculative_until:
+            self._speculative = False
+            return [TurnConfirmed(at_ms=now_ms), *self._evaluate(now_ms)]
         if self.state is TurnState.CALLER_SPEAKING:
             silence_since = self._silence_since_ms
-            if silence_since is not None and now_ms - silence_since >= s.end_of_turn_silence_ms:
+            if silence_since is not None and now_ms - silence_since >= self._required_silence_ms(now_ms):
                 return [self._end_turn(now_ms, silence_since, EndOfTurnReason.SILENCE)]
             if (silence_since is not None and s.early_response_silence_ms and not self._predicted
                     and now_ms - silence_since >= s.early_response_silence_ms):
@@ -333,15 +370,29 @@ class TurnTaking:
             return []
         if self.state is TurnState.AGENT_THINKING and now_ms - self._end_of_turn_ms >= s.response_timeout_ms:
             self.state = TurnState.LISTENING
+            self._speculative = False
             return [ResponseTimedOut(at_ms=now_ms, end_of_turn_ms=self._end_of_turn_ms)]
         return []
 
+    def _required_silence_ms(self, now_ms: int) -> int:
+        return max(1, self.detector.required_silence_ms(now_ms))
+
+    def _in_window(self, now_ms: int) -> bool:
+        """An EndOfTurn is still speculative: before the agent's audio, or within its first N ms."""
+        if not self._speculative:
+            return False
+        return self._speculative_until is None or now_ms < self._speculative_until
+
     def _end_turn(self, now_ms: int, speech_ended_ms: int, reason: EndOfTurnReason) -> EndOfTurn:
         self._predicted = False
+        self.detector.turn_ended(now_ms)
+        self._speculative = self.settings.speculative_window_ms > 0 and reason is EndOfTurnReason.SILENCE
+        self._speculative_until = None
         voiced_ms = self._voiced_ms(speech_ended_ms if reason is EndOfTurnReason.SILENCE else now_ms)
+        self._turn_voiced_ms = voiced_ms
         self.state = self._agent_state()
         self._end_of_turn_ms = now_ms
         self._segment_start_ms = None
         self._silence_since_ms = None
         return EndOfTurn(at_ms=now_ms, speech_started_ms=self._speech_start_ms, speech_ended_ms=speech_ended_ms,
-                         voiced_ms=voiced_ms, reason=reason)
+                         voiced_ms=voiced_ms, reason=reason, speculative=self._speculative)
