@@ -168,16 +168,22 @@ def frame_analysis(x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     spec = np.fft.rfft(frames, 2 * WIN, axis=1)
     ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :WIN]
     energy = ac[:, :1] + 1e-12
-    # unbiased: divide by the overlap of the window with itself at each lag
-    w = np.hanning(WIN)
-    norm = np.correlate(w ** 2, w ** 2, "full")[WIN - 1:][:WIN]
-    ac = ac / energy * (norm[0] / np.maximum(norm, 1e-9))
+    ac = ac / energy  # biased (the window's own taper favours short lags: no octave-down errors)
     lo, hi = int(RATE / F0_MAX), int(RATE / F0_MIN)
     seg = ac[:, lo:hi]
     best = seg.max(axis=1)
     # the shortest lag whose peak is near the best: avoids subharmonic (octave-down) errors
     good = seg >= 0.9 * best[:, None]
-    lag = good.argmax(axis=1) + lo
+    first = good.argmax(axis=1)
+    # the top of that peak (within 12 lags), then parabolic interpolation
+    span = np.clip(first[:, None] + np.arange(12)[None, :], 0, seg.shape[1] - 1)
+    top = np.take_along_axis(span, np.take_along_axis(seg, span, 1).argmax(axis=1)[:, None], 1)[:, 0]
+    left = seg[np.arange(n), np.maximum(top - 1, 0)]
+    mid = seg[np.arange(n), top]
+    right = seg[np.arange(n), np.minimum(top + 1, seg.shape[1] - 1)]
+    denom = left - 2 * mid + right
+    shift = np.where(np.abs(denom) > 1e-9, 0.5 * (left - right) / np.where(denom == 0, 1, denom), 0.0)
+    lag = top + lo + np.clip(shift, -0.5, 0.5)
     f0 = RATE / np.maximum(lag, 1.0)
     return f0, np.clip(best, 0.0, 1.0), level
 
@@ -199,8 +205,8 @@ class ProsodicFeatures:
 NEUTRAL = ProsodicFeatures(0.0, 0.0, 0.0, 0.0, 0.0, 0.5)
 # Logistic weights over ProsodicFeatures.vector() and a bias, fitted with `lfm-call turn-eval --fit`
 # on the seed-14 corpus (tools/turn_corpus/README.md); the seed-99 corpus is held out.
-PROSODIC_WEIGHTS: tuple[float, ...] = (-0.549, -1.519, 0.271, 0.013, -0.788, 0.071)
-PROSODIC_BIAS = -0.402
+PROSODIC_WEIGHTS: tuple[float, ...] = (-0.884, -0.651, 0.95, -0.776, -1.006, -4.383)
+PROSODIC_BIAS = 3.158
 
 
 def _median(values: FloatArray, default: float = 0.0) -> float:
