@@ -276,7 +276,7 @@ class _Recent:
 
 
 def _map_probability(q: float, min_ms: int, max_ms: int) -> int:
-    return int(round(min_ms + (max_ms - min_ms) * (1.0 - min(1.0, max(0.0, q)))))
+    return round(min_ms + (max_ms - min_ms) * (1.0 - min(1.0, max(0.0, q))))
 
 
 @dataclass
@@ -344,9 +344,8 @@ def log_mel(x: FloatArray, n_mels: int = 80, frames: int | None = None) -> npt.N
     idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]
     spec = np.abs(np.fft.rfft(pad[idx] * np.hanning(n_fft + 1)[:-1], axis=1)) ** 2
     # HTK-style mel filter bank
-    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
-    inv = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
-    edges = inv(np.linspace(mel(0.0), mel(8000.0), n_mels + 2))
+    top = 2595 * np.log10(1 + 8000.0 / 700)
+    edges = 700 * (10 ** (np.linspace(0.0, top, n_mels + 2) / 2595) - 1)
     bins = np.fft.rfftfreq(n_fft, 1 / RATE)
     fb = np.zeros((n_mels, bins.size))
     for m in range(n_mels):
@@ -358,7 +357,7 @@ def log_mel(x: FloatArray, n_mels: int = 80, frames: int | None = None) -> npt.N
     if frames is not None:
         feats = feats[:, -frames:] if feats.shape[1] >= frames else \
             np.pad(feats, ((0, 0), (frames - feats.shape[1], 0)), constant_values=float(feats.min()))
-    return feats.astype(np.float32)
+    return np.asarray(feats, dtype=np.float32)
 
 
 def load_onnx(path: str | Path) -> Any:
@@ -446,7 +445,7 @@ class EndpointPolicy:
             return min(values)
         if self.combine == "max":
             return max(values)
-        return int(round(sum(values) / len(values)))
+        return round(sum(values) / len(values))
 
     def turn_ended(self, now_ms: int) -> None:
         for d in self.detectors:

@@ -98,7 +98,7 @@ def load_corpus(folder: str | Path) -> list[Recording]:
                 raise TurnEvalError(f"{labels}:{n}: turn_end_s is not a number: {row['turn_end_s']!r}") from None
             if not math.isfinite(t) or t < 0:
                 raise TurnEvalError(f"{labels}:{n}: turn_end_s must be a time >= 0, got {t}")
-            ends.setdefault(row["file"], []).append(int(round(t * 1000)))
+            ends.setdefault(row["file"], []).append(round(t * 1000))
     if not ends:
         raise TurnEvalError(f"{labels}: no rows")
     out = []
@@ -244,7 +244,7 @@ def render_plot(curves: dict[str, list[CurvePoint]], path: str | Path) -> Path:
         line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
         op = next((p for p in pts if p.scale == 1.0 and p.median_latency_ms is not None), None)
         if op is not None:
-            ax.plot([op.median_latency_ms], [100 * op.cut_off_rate], marker="*", markersize=12,
+            ax.plot([op.median_latency_ms or 0.0], [100 * op.cut_off_rate], marker="*", markersize=12,
                     color=line.get_color())
     ax.axhline(5, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("median end-of-turn latency after the caller's last word, ms")

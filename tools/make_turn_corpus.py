@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.caller_voice import _espeak_version, espeak_binary, render_ssml  # noqa: E402
-from agent.wavio import write_wav  # noqa: E402
+from agent.caller_voice import _espeak_version, espeak_binary, render_ssml
+from agent.wavio import write_wav
 
 RATE = 16000
 GAP_S = 3.5
