@@ -155,6 +155,8 @@ class SessionOptions:
                 response_timeout_ms=t.response_timeout_ms,
                 early_response_silence_ms=t.early_response_silence_ms,
                 speculative_window_ms=settings.endpointing.speculative_window_ms,
+                barge_in_word_ms=t.barge_in_word_ms,
+                backchannel_max_ms=t.backchannel_max_ms,
             ),
             turn_end=functools.partial(policy_from_settings, settings),
             vad=TrackerSettings(start_threshold=v.start_threshold, stop_threshold=v.stop_threshold,

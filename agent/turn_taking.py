@@ -90,6 +90,7 @@ from agent.events import (
     VadSpeechStarted,
     VadSpeechStopped,
 )
+from agent.backchannel import BackchannelJudge, Verdict
 from agent.turn_end import SilenceDetector, TurnEndDetector
 
 
@@ -110,12 +111,21 @@ class TurnTakingSettings:
     response_timeout_ms: int = 5_000
     early_response_silence_ms: int = 0  # 0: off; else EndOfTurnPredicted after this much silence
     speculative_window_ms: int = 0  # 0: off; else caller speech within the agent's first N ms: false start
+    barge_in_word_ms: int = 0  # 0: duration only; else a BackchannelJudge: WORDS barge in after this much voiced
+    backchannel_max_ms: int = 1200  # with the judge: any speech over the agent this long (voiced) barges in
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
                      "max_turn_ms", "response_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TurnTakingSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.barge_in_word_ms < 0 or (self.barge_in_word_ms and not
+                                         self.barge_in_word_ms <= self.backchannel_max_ms
+                                         < self.false_interruption_timeout_ms):
+            raise ValueError(
+                f"need 0 < barge_in_word_ms ({self.barge_in_word_ms}) <= backchannel_max_ms "
+                f"({self.backchannel_max_ms}) < false_interruption_timeout_ms ({self.false_interruption_timeout_ms})"
+            )
         if self.speculative_window_ms < 0:
             raise ValueError(f"speculative_window_ms must be >= 0, got {self.speculative_window_ms}")
         if not 0 <= self.early_response_silence_ms < self.end_of_turn_silence_ms:
@@ -138,6 +148,8 @@ class TurnTaking:
         # how much silence ends the turn: asked at every check (default: the fixed end_of_turn_silence_ms)
         self.detector: TurnEndDetector = detector or SilenceDetector(self.settings.end_of_turn_silence_ms)
         self.false_starts = 0
+        # speech over the agent: barge-in or backchannel, by its shape (None: by duration only)
+        self.judge = BackchannelJudge() if self.settings.barge_in_word_ms else None
         self._speculative = False  # an EndOfTurn whose window has not passed
         self._speculative_until: int | None = None  # the window's end, once the agent's audio started
         self._turn_voiced_ms = 0  # the ended turn's voiced time (kept for a false start)
@@ -175,6 +187,8 @@ class TurnTaking:
     def audio(self, pcm: npt.NDArray[np.int16], voiced: bool, now_ms: int) -> None:
         """16 kHz caller audio (echo-gated) ending at ``now_ms`` with the VAD's state, for the detector."""
         self.detector.feed(pcm, voiced, now_ms)
+        if self.judge is not None:
+            self.judge.feed(pcm, voiced, now_ms, self.agent_audio_playing)
 
     def speech_started(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
         self._advance(now_ms)
@@ -204,7 +218,7 @@ class TurnTaking:
         self._close_segment(at_ms)
         if self.state is TurnState.INTERRUPTION_PENDING:
             voiced_ms = self._voiced_ms(now_ms)
-            if voiced_ms >= self.settings.barge_in_min_speech_ms:
+            if self._interrupts(voiced_ms, now_ms):
                 return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
             return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
         return self._evaluate(now_ms)
@@ -271,7 +285,8 @@ class TurnTaking:
         if self.state is TurnState.INTERRUPTION_PENDING:
             timeout = self._speech_start_ms + s.false_interruption_timeout_ms
             if self._segment_start_ms is not None:
-                missing = s.barge_in_min_speech_ms - self._closed_voiced_ms
+                need = s.barge_in_word_ms if self.judge is not None else s.barge_in_min_speech_ms
+                missing = need - self._closed_voiced_ms
                 return min(timeout, self._segment_start_ms + missing)
             return timeout
         return None
@@ -346,7 +361,7 @@ class TurnTaking:
         s = self.settings
         if self.state is TurnState.INTERRUPTION_PENDING:
             voiced_ms = self._voiced_ms(now_ms)
-            if voiced_ms >= s.barge_in_min_speech_ms:
+            if self._interrupts(voiced_ms, now_ms):
                 return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
             if now_ms - self._speech_start_ms >= s.false_interruption_timeout_ms:
                 self._ignore_talkspurt = self._talkspurt
@@ -373,6 +388,16 @@ class TurnTaking:
             self._speculative = False
             return [ResponseTimedOut(at_ms=now_ms, end_of_turn_ms=self._end_of_turn_ms)]
         return []
+
+    def _interrupts(self, voiced_ms: int, now_ms: int) -> bool:
+        """Speech over the agent is a barge-in: long enough, and (with the judge) shaped like words."""
+        s = self.settings
+        if self.judge is None:
+            return voiced_ms >= s.barge_in_min_speech_ms
+        if voiced_ms >= s.backchannel_max_ms:
+            return True
+        return voiced_ms >= s.barge_in_word_ms and \
+            self.judge.verdict(self._speech_start_ms, now_ms) is Verdict.WORDS
 
     def _required_silence_ms(self, now_ms: int) -> int:
         return max(1, self.detector.required_silence_ms(now_ms))

@@ -55,6 +55,8 @@ class VadSettings:
 class TurnSettings:
     end_of_turn_silence_ms: int = spec(1200, min=100, max=10000)
     early_response_silence_ms: int = spec(300, min=0, max=10000)
+    barge_in_word_ms: int = spec(300, min=0, max=5000)
+    backchannel_max_ms: int = spec(1200, min=20, max=10000)
     barge_in_min_speech_ms: int = spec(600, min=20, max=5000)
     false_interruption_timeout_ms: int = spec(1500, min=100, max=10000)
     max_turn_ms: int = spec(30000, min=1000, max=600000)
