@@ -275,8 +275,10 @@ class _Recent:
         return x, v
 
 
-def _map_probability(q: float, min_ms: int, max_ms: int) -> int:
-    return round(min_ms + (max_ms - min_ms) * (1.0 - min(1.0, max(0.0, q))))
+def map_probability(q: float, min_ms: int, max_ms: int, unsure: float = 0.0, sure: float = 1.0) -> int:
+    """``max_ms`` at or below the ``unsure`` probability, ``min_ms`` at or above ``sure``, linear between."""
+    t = min(1.0, max(0.0, (q - unsure) / max(1e-6, sure - unsure)))
+    return round(max_ms - (max_ms - min_ms) * t)
 
 
 @dataclass
@@ -285,6 +287,8 @@ class _ProbabilityDetector:
 
     min_ms: int = 250
     max_ms: int = 1600
+    unsure: float = 0.0  # q at or below this: max_ms
+    sure: float = 1.0  # q at or above this: min_ms
     keep_s: float = 6.0
     name: str = "probability"
     _recent: _Recent = field(init=False, repr=False)
@@ -294,6 +298,8 @@ class _ProbabilityDetector:
     def __post_init__(self) -> None:
         if not 0 < self.min_ms <= self.max_ms:
             raise ValueError(f"need 0 < min_ms <= max_ms, got {self.min_ms}/{self.max_ms}")
+        if not 0.0 <= self.unsure < self.sure <= 1.0:
+            raise ValueError(f"need 0 <= unsure < sure <= 1, got {self.unsure}/{self.sure}")
         self._recent = _Recent(self.keep_s)
 
     def feed(self, pcm: Int16Array, voiced: bool, now_ms: int) -> None:
@@ -313,7 +319,7 @@ class _ProbabilityDetector:
         raise NotImplementedError
 
     def required_silence_ms(self, now_ms: int) -> int:
-        return _map_probability(self.probability(), self.min_ms, self.max_ms)
+        return map_probability(self.probability(), self.min_ms, self.max_ms, self.unsure, self.sure)
 
     def turn_ended(self, now_ms: int) -> None:
         return None
@@ -464,9 +470,11 @@ def build_detector(name: str, settings: Any) -> TurnEndDetector:
         return AdaptiveDetector(initial_ms=e.adaptive_initial_ms, min_ms=e.adaptive_min_ms, max_ms=e.adaptive_max_ms,
                                 margin_ms=e.adaptive_margin_ms)
     if name == "prosodic":
-        return ProsodicDetector(min_ms=e.min_silence_ms, max_ms=e.max_silence_ms)
+        return ProsodicDetector(min_ms=e.min_silence_ms, max_ms=e.max_silence_ms, unsure=e.unsure_probability,
+                                sure=e.sure_probability)
     if name == "learned":
-        return LearnedDetector(min_ms=e.min_silence_ms, max_ms=e.max_silence_ms, model_path=e.learned_model_path,
+        return LearnedDetector(min_ms=e.min_silence_ms, max_ms=e.max_silence_ms, unsure=e.unsure_probability,
+                               sure=e.sure_probability, model_path=e.learned_model_path,
                                window_s=e.learned_window_s)
     raise ValueError(f"unknown end-of-turn detector {name!r} (one of {', '.join(DETECTOR_NAMES)})")
 

@@ -322,3 +322,24 @@ def run_turn_eval(folder: str | Path, settings: Any, *, policies: Sequence[str] 
     if plot is not None:
         out(f"plot: {render_plot(curves, plot)}")
     return curves
+
+
+def add_arguments(p: Any) -> None:
+    """The `lfm-call turn-eval` arguments (agent/cli.py hooks this in)."""
+    p.add_argument("dir", metavar="DIR", help="WAV files and labels.csv (file,turn_end_s)")
+    p.add_argument("--policy", action="append", metavar="NAME",
+                   help="detector or combination to sweep, e.g. silence, prosodic, prosodic+adaptive, default "
+                        "(repeatable; default: silence, adaptive, prosodic, [learned,] default)")
+    p.add_argument("--vad", choices=["silero", "energy"], help="VAD backend (default: vad.backend)")
+    p.add_argument("--plot", default="turn-eval.png", metavar="OUT.png", help="where to write the plot")
+    p.add_argument("--fit", action="store_true", help="also fit and print prosodic weights on DIR")
+
+
+def run_command(args: Any, settings: Any) -> int:
+    from agent.errors import CliError
+
+    try:
+        run_turn_eval(args.dir, settings, policies=args.policy, vad_backend=args.vad, plot=args.plot, fit=args.fit)
+    except TurnEvalError as exc:
+        raise CliError(str(exc)) from None
+    return 0

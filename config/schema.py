@@ -68,10 +68,12 @@ class TurnSettings:
 
 @dataclass(frozen=True)
 class EndpointingSettings:
-    detectors: tuple[str, ...] = spec(("prosodic", "adaptive"))
+    detectors: tuple[str, ...] = spec(("prosodic",))
     combine: str = spec("mean", choices=("min", "max", "mean"))
     min_silence_ms: int = spec(250, min=50, max=10000)
     max_silence_ms: int = spec(1600, min=50, max=10000)
+    unsure_probability: float = spec(0.55, min=0.0, max=1.0)
+    sure_probability: float = spec(0.75, min=0.0, max=1.0)
     adaptive_initial_ms: int = spec(800, min=50, max=10000)
     adaptive_min_ms: int = spec(500, min=50, max=10000)
     adaptive_max_ms: int = spec(1600, min=50, max=10000)

@@ -115,7 +115,7 @@ def test_policy_combines_min_max_mean() -> None:
 
 def test_policy_from_the_shipped_config() -> None:
     policy = policy_from_settings(load_settings())
-    assert policy.name == "prosodic+adaptive"
+    assert policy.name == "prosodic"
     assert 250 <= policy.required_silence_ms(0) <= 1600
 
 
