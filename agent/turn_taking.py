@@ -276,8 +276,8 @@ class TurnTaking:
             if self._silence_since_ms is not None:
                 required = self._required_silence_ms(self._silence_since_ms)
                 end = self._silence_since_ms + required
-                if s.early_response_silence_ms and not self._predicted and s.early_response_silence_ms < required:
-                    end = self._silence_since_ms + s.early_response_silence_ms
+                if s.early_response_silence_ms and not self._predicted:
+                    end = self._silence_since_ms + self._early_silence_ms(required)
                 return min(turn_end, end)
             return turn_end
         if self.state is TurnState.AGENT_THINKING:
@@ -375,7 +375,7 @@ class TurnTaking:
             if silence_since is not None and now_ms - silence_since >= self._required_silence_ms(now_ms):
                 return [self._end_turn(now_ms, silence_since, EndOfTurnReason.SILENCE)]
             if (silence_since is not None and s.early_response_silence_ms and not self._predicted
-                    and now_ms - silence_since >= s.early_response_silence_ms):
+                    and now_ms - silence_since >= self._early_silence_ms(self._required_silence_ms(now_ms))):
                 self._predicted = True
                 return [EndOfTurnPredicted(at_ms=now_ms, speech_started_ms=self._speech_start_ms,
                                            speech_ended_ms=silence_since)]
@@ -398,6 +398,11 @@ class TurnTaking:
             return True
         return voiced_ms >= s.barge_in_word_ms and \
             self.judge.verdict(self._speech_start_ms, now_ms) is Verdict.WORDS
+
+    def _early_silence_ms(self, required_ms: int) -> int:
+        """When the held answer starts: early_response_silence_ms, or half the required silence when
+        the detector asks for little (so that the engine's first audio is ready at the end of turn)."""
+        return min(self.settings.early_response_silence_ms, max(1, required_ms // 2))
 
     def _required_silence_ms(self, now_ms: int) -> int:
         return max(1, self.detector.required_silence_ms(now_ms))
