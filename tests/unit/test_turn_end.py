@@ -121,7 +121,7 @@ def test_policy_from_the_shipped_config() -> None:
 
 def _tiny_onnx(path: Path, rank: int) -> Path:
     """A test model: q = sigmoid(50 * (mean |x| - 0.05)) over the input (audio or log-mel)."""
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper
 
     shape = ["batch", "samples"] if rank == 2 else ["batch", 80, 100]
@@ -145,7 +145,6 @@ def _tiny_onnx(path: Path, rank: int) -> Path:
 
 
 def test_learned_detector_loads_an_onnx_model_and_maps_its_output(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     path = _tiny_onnx(tmp_path / "turn.onnx", rank=2)
     loud, quiet = LearnedDetector(model_path=str(path), min_ms=200, max_ms=1600), \
         LearnedDetector(model_path=str(path), min_ms=200, max_ms=1600)
@@ -156,7 +155,6 @@ def test_learned_detector_loads_an_onnx_model_and_maps_its_output(tmp_path: Path
 
 
 def test_learned_detector_feeds_log_mel_to_rank_3_models(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     path = _tiny_onnx(tmp_path / "mel.onnx", rank=3)
     det = LearnedDetector(model_path=str(path), window_s=1.0)
     feed_pieces(det, tone(150, 150, 1.0), True, 0)
@@ -170,7 +168,6 @@ def test_learned_detector_errors_are_clear(tmp_path: Path) -> None:
         LearnedDetector(model_path=str(tmp_path / "missing.onnx"))
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    pytest.importorskip("onnxruntime")
     with pytest.raises(LearnedModelError, match="cannot load"):
         LearnedDetector(model_path=str(bad))
 
