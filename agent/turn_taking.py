@@ -50,6 +50,20 @@ INTERRUPTION_PENDING   agent_audio_finished (agent done anyway)     CALLER_SPEAK
 any (agent audio on)   agent_audio_finished                         (as above)               AgentFinishedSpeaking(interrupted)
 =====================  ===========================================  =======================  ==============================================
 
+End of turn, speculation and backchannels (docs/endpointing.md):
+
+- "silence >= S.end_of_turn_silence_ms" above is really "silence >= the detector's required
+  silence": a ``TurnEndDetector`` (agent.turn_end; default ``SilenceDetector(end_of_turn_silence_ms)``)
+  fed through ``audio(pcm, voiced, now)``. EndOfTurnPredicted comes at
+  min(S.early_response_silence_ms, half the required silence).
+- With S.speculative_window_ms > 0 an EndOfTurn by silence is ``speculative``: caller speech before
+  the agent's audio starts or within its first S.speculative_window_ms (AGENT_THINKING or
+  AGENT_SPEAKING) -> CALLER_SPEAKING, TurnContinued(false_start=True), the same turn continuing
+  (start and voiced time kept; ``false_starts`` counts them); after the window, TurnConfirmed.
+- With S.barge_in_word_ms > 0 a ``BackchannelJudge`` (agent.backchannel) replaces the duration
+  rule in INTERRUPTION_PENDING: BargeIn once the speech is shaped like words and
+  S.barge_in_word_ms of it is voiced, or once S.backchannel_max_ms is voiced whatever its shape.
+
 Why the agent never gets stuck: a barge-in turns the interrupting speech into an ordinary caller turn,
 which ends in EndOfTurn (by silence, or by ``max_turn_ms``), so the agent answers again; a false
 interruption returns to the agent's state without touching its audio; a response that never produces
@@ -67,6 +81,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.backchannel import BackchannelJudge, Verdict
 from agent.events import (
     AgentAudioFinished,
     AgentAudioStarted,
@@ -90,7 +105,6 @@ from agent.events import (
     VadSpeechStarted,
     VadSpeechStopped,
 )
-from agent.backchannel import BackchannelJudge, Verdict
 from agent.turn_end import SilenceDetector, TurnEndDetector
 
 
