@@ -166,6 +166,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_turn_eval(args: argparse.Namespace) -> int:
+    from agent.turn_eval import run_command
+
+    return run_command(args, _settings(args))
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from agent import verify
 
@@ -262,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="false-positive probability per 3 s window at the threshold (default 1e-4)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
     p.add_argument("--node-key", action="store_true", help="print this node's public signing key (PEM)")
+    p = add("turn-eval", cmd_turn_eval, "end-of-turn detectors on labelled WAVs: false cut-offs vs median "
+            "latency per threshold, and a PNG plot")
+    from agent.turn_eval import add_arguments as add_turn_eval_arguments
+
+    add_turn_eval_arguments(p)
     p = add("config", cmd_config, "print the effective settings after all layers")
     return parser
 

@@ -14,6 +14,7 @@ from agent.commands import choose_for_settings
 from agent.errors import CliError
 from agent.inproc import InprocLeg
 from agent.provenance import ProvenanceError
+from agent.report import CallRecord, summarize_calls
 from agent.runtime import Runtime, build_runtime
 from agent.scenario import Scenario, ScenarioError, load_scenarios
 from agent.simulator import run_simulation, summaries_from
@@ -68,12 +69,24 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
     marked = run_mark_summary(run.calls)
     if marked:
         _say(marked)
+    _say(turn_summary_line(run.calls))
     passed = sum(1 for c in run.calls if c.passed)
     failed = len(run.calls) - passed
     _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")
     _say(f"simulate: model used: {runtime.choice.description}; audio decoder: "
          f"{runtime.model_info.get('decoder', 'none')}")
     return 0 if failed == 0 and len(run.calls) == len(scenarios) else 1
+
+
+def turn_summary_line(calls: list[CallRecord]) -> str:
+    """Response latency p50 at the ear, cut-offs per caller turn end, false starts, double answers."""
+    s = summarize_calls(calls)
+    lat = s["response_latency_ms"]["p50"]
+    rate = s["cut_off_rate"]
+    return (f"simulate: response latency p50 {'-' if lat is None else f'{lat:.0f} ms'} at the ear; cut-offs "
+            f"{s['cut_offs']}/{s['turn_ends']} caller turn ends ({'-' if rate is None else f'{100 * rate:.1f} %'}); "
+            f"false starts {s['false_starts']}; turns answered twice {s['double_answers']}; "
+            f"false interruptions {s['false_interruptions']}")
 
 
 def run_simulate(settings: Settings, paths: list[str], transport: str, concurrency: int, out: Path) -> int:
