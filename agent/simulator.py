@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from agent.caller_leg import LEG_PACKET_SAMPLES, LEG_RATE, CallerLeg, Int16Array
 from agent.caller_script import PACKET_MS, CallerScript
 from agent.caller_voice import render_step
 from agent.line import LineModel
+from agent.log import event
 from agent.report import (
     BargeInRecord,
     CallRecord,
@@ -46,6 +47,14 @@ UTTERANCE_MARGIN_MS = 300
 NOMINAL_LEVEL_DBFS = -26.0
 
 SummaryLookup = Callable[[float, "str | None"], "CallSummary | None"]
+
+
+class Progress(Protocol):
+    """Told when each scenario's call starts and when it has finished (``agent.sim_console``)."""
+
+    def started(self, index: int, name: str) -> None: ...
+
+    def finished(self, index: int, call: CallRecord) -> None: ...
 
 
 @dataclass
@@ -211,7 +220,7 @@ def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:
 async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], CallerLeg], *, model: str,
                          transport: str, concurrency: int, out_dir: Path, summary_of: SummaryLookup,
                          cache_dir: Path | None = None, stagger_ms: int = 150,
-                         marks: EarMarkCheck | None = None) -> RunRecord:
+                         marks: EarMarkCheck | None = None, progress: Progress | None = None) -> RunRecord:
     run = RunRecord(run_id=time.strftime("run-%Y%m%d-%H%M%S"), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     description={"model": model, "transport": transport, "concurrency": concurrency,
                                  "scenarios": [s.name for s in scenarios]})
@@ -225,7 +234,9 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
         async with gate:
             leg = leg_factory()
             call_id = f"{i + 1:03d}-{scenario.name}"
-            _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: calling over {leg.description}")
+            event(log, "sim.call_started", scenario=scenario.name, leg=leg.description)
+            if progress is not None:
+                progress.started(i, scenario.name)
             record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of, marks)
             results[i] = record
             # rendering the timeline takes a few hundred ms: off the event loop, where other calls run
@@ -234,18 +245,13 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
                 if marks is not None:
                     signed = await asyncio.to_thread(marks.write_record, artifacts.folder, record)
                     record.provenance = signed.name if signed is not None else None
-            verdict = "PASS" if record.passed else "FAIL"
-            failed = [f"{e.name} (got {e.actual})" for e in record.expectations if not e.ok]
-            detail = f" error: {record.error}" if record.error else ""
-            detail += f" failed: {', '.join(failed)}" if failed else ""
-            _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: {verdict} in {record.duration_ms / 1000:.1f} s"
-                      f"{detail}")
+            event(log, "sim.call_finished", scenario=scenario.name, passed=record.passed,
+                  duration_ms=record.duration_ms, error=record.error,
+                  failed=[e.name for e in record.expectations if not e.ok])
+            if progress is not None:
+                progress.finished(i, record)
 
     await asyncio.gather(*(one(i, s) for i, s in enumerate(scenarios)))
     run.calls = [r for r in results if r is not None]
     write_run_report(out_dir, run)
     return run
-
-
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
