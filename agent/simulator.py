@@ -226,7 +226,7 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
                                  "scenarios": [s.name for s in scenarios]})
     rendered = [await render_audio(s, cache_dir) for s in scenarios]
     gate = asyncio.Semaphore(max(1, concurrency))
-    artifacts_lock = asyncio.Lock()  # one timeline at a time (matplotlib is not thread-safe)
+    artifacts_lock = asyncio.Lock()  # one call's files at a time
     results: list[CallRecord | None] = [None] * len(scenarios)
 
     async def one(i: int, scenario: Scenario) -> None:
@@ -239,9 +239,11 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
                 progress.started(i, scenario.name)
             record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of, marks)
             results[i] = record
-            # rendering the timeline takes a few hundred ms: off the event loop, where other calls run
+            # the timeline is drawn once no call is live (below): matplotlib's import and drawing hold
+            # the GIL for hundreds of ms, which stalled the other calls' audio past the playout's
+            # max_late_ms (their packets were dropped: a gap at the ear, e.g. at a scripted cut-in)
             async with artifacts_lock:
-                artifacts = await asyncio.to_thread(write_call_artifacts, out_dir, record)
+                artifacts = await asyncio.to_thread(write_call_artifacts, out_dir, record, False)
                 if marks is not None:
                     signed = await asyncio.to_thread(marks.write_record, artifacts.folder, record)
                     record.provenance = signed.name if signed is not None else None
@@ -253,5 +255,14 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
 
     await asyncio.gather(*(one(i, s) for i, s in enumerate(scenarios)))
     run.calls = [r for r in results if r is not None]
+    await asyncio.to_thread(write_timelines, out_dir, run.calls)
     write_run_report(out_dir, run)
     return run
+
+
+def write_timelines(out_dir: Path, calls: list[CallRecord]) -> None:
+    """Each call's timeline.png, drawn after the calls (see ``run_simulation``)."""
+    from agent.timeline import write_timeline_png  # matplotlib is imported only when drawing
+
+    for call in calls:
+        write_timeline_png(Path(out_dir) / call.call_id / "timeline.png", call)
