@@ -9,6 +9,7 @@ constructors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -75,12 +76,45 @@ def _model_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]
 # subcommands
 
 
+SIP_LOCAL_PROFILE = Path(__file__).resolve().parent.parent / "config" / "sip-local.yaml"
+
+
+def _serve_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]]:
+    out = _model_overrides(args)
+    if getattr(args, "sip", False):
+        out.insert(0, {"sip": {"enabled": True}})
+    return out
+
+
+def refuse_tiny_model(settings: Settings) -> None:
+    """`serve` answers real callers: without the weights (the offline tiny fallback) or on a tiny
+    random checkpoint it refuses to start, saying how to get the weights (--allow-tiny-model: serve it)."""
+    from agent.model_choice import ModelChoiceError, checkpoint_is_tiny, choose_model, download_command
+
+    ref = settings.model.ref
+    try:
+        choice = choose_model(dataclasses.replace(settings.model, offline_fallback="error"))
+    except ModelChoiceError:
+        raise CliError(
+            f"no model weights on this machine for model.ref {ref!r}: callers would hear the random offline "
+            f"tiny model (noise). Get the weights with:\n    {download_command(ref)}\n"
+            "or pass --allow-tiny-model to serve the tiny model anyway (a test or a demo of the plumbing)"
+        ) from None
+    if checkpoint_is_tiny(choice.path):
+        raise CliError(f"{choice.path} is a tiny random checkpoint (callers would hear noise); "
+                       f"get the real weights with: {download_command(ref)}, or pass --allow-tiny-model")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.server import serve
 
+    if args.sip and args.config is None:
+        args.config = str(SIP_LOCAL_PROFILE)
     settings = _settings(args)
+    if not args.allow_tiny_model:
+        refuse_tiny_model(settings)
     try:
         code: int = asyncio.run(serve(settings))
     except OSError as exc:  # e.g. the HTTP or SIP port is taken
@@ -249,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "run the agent: HTTP (web page, WebRTC, health, metrics) and SIP", CONSOLE_SERVER)
     _add_model(p)
+    p.add_argument("--sip", action="store_true",
+                   help="answer SIP too; without --config: the loopback profile config/sip-local.yaml "
+                        "(SIP on 127.0.0.1:5080, no token)")
+    p.add_argument("--allow-tiny-model", action="store_true",
+                   help="serve the random offline tiny model when the weights are missing (callers hear "
+                        "noise; without this flag serve refuses to start)")
+    p.set_defaults(_overrides=_serve_overrides)
     p = add("simulate", cmd_simulate, "run scripted call simulations and write a report", CONSOLE_RUN)
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO.yaml")
     p.add_argument("--transport", default="inproc", choices=["inproc", "webrtc", "sip"])
