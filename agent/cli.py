@@ -108,11 +108,13 @@ def refuse_tiny_model(settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agent.http_app import auth_required
     from agent.server import serve
 
     if args.sip and args.config is None:
         args.config = str(SIP_LOCAL_PROFILE)
     settings = _settings(args)
+    auth_required(settings.http)  # a bad profile fails first (auth on without a token)
     if not args.allow_tiny_model:
         refuse_tiny_model(settings)
     try:

@@ -97,7 +97,7 @@ def test_production_sip_profile_stays_strict() -> None:
     from tests.conftest import REPO_ROOT
 
     profile = REPO_ROOT / "config" / "sip-gateway.yaml"
-    with pytest.raises(ConfigError, match="sip.advertised_address"):
+    with pytest.raises(ConfigError, match=r"sip\.advertised_address"):
         load_settings(profile, environ={})
     settings = load_settings(profile, environ={"LFMCALL_SIP__ADVERTISED_ADDRESS": "203.0.113.10",
                                                "LFMCALL_HTTP__AUTH_TOKEN": "t"})
