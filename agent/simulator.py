@@ -160,8 +160,9 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
     def segment_after(t: float) -> Segment | None:
         return next((s for s in segments if s.start_ms >= t), None)
 
+    eots = [None if t.end_of_turn_ms is None else t.end_of_turn_ms + offset_ms for t in summary.turns]
     for i, turn in enumerate(summary.turns):
-        eot = None if turn.end_of_turn_ms is None else turn.end_of_turn_ms + offset_ms
+        eot = eots[i]
         caller_end = None
         if eot is not None:
             before = [u.end_ms for u in says if u.end_ms <= eot]
@@ -169,10 +170,17 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
         start_after = 0.0 if eot is None else max(caller_end or 0.0, eot - 50)
         seg = segment_after(start_after)
         heard = seg is not None and turn.first_audio_sent_ms is not None
+        end = None
+        if heard and seg is not None:
+            # held and resumed (a backchannel over the agent): the reply goes on in later segments,
+            # up to the next reply's end of turn
+            later = [e for e in eots[i + 1:] if e is not None]
+            until = later[0] - 50 if later else float("inf")
+            end = max((s.end_ms for s in segments if seg.start_ms <= s.start_ms < until), default=seg.end_ms)
         record.turns.append(TurnRecord(
             index=i, caller_end_ms=caller_end, end_of_turn_ms=eot,
             agent_start_ms=seg.start_ms if heard and seg else None,
-            agent_end_ms=seg.end_ms if heard and seg else None,
+            agent_end_ms=end,
             text_generated=turn.text_generated, text_heard=turn.text_heard, interrupted=turn.interrupted,
             epoch=turn.epoch))
     record.end_of_turn_ms = [t + offset_ms for t in summary.end_of_turns]
