@@ -147,7 +147,7 @@ def cmd_dial(args: argparse.Namespace) -> int:
 
     async def dial() -> int:
         runtime = build_runtime(settings)
-        gateway = SipGateway(runtime.calls, settings.sip, Metrics())
+        gateway = SipGateway(runtime.calls, settings.sip, Metrics(), jitter_buffer_ms=settings.audio.jitter_buffer_ms)
         try:
             await gateway.start()
             try:

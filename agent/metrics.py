@@ -49,6 +49,9 @@ class Metrics:
             self.barge_in_stop.observe(max(0, b.stopped_ms - b.speech_started_ms) / 1000)
         if summary.engine_errors:
             self.engine_errors.inc(summary.engine_errors)
+        for where, count in summary.dropped_frames.items():
+            if count:
+                self.dropped_frames.labels(where).inc(count)
 
     def observe_engine_steps(self, step_seconds: list[float], total_steps: int | None = None) -> None:
         """Record the engine's step times not yet recorded (call before rendering).

@@ -121,6 +121,7 @@ class CallSummary:
     engine_errors: int = 0
     withdrawn_answers: int = 0  # answers started early, withdrawn because the caller only paused
     mark: CallWatermark | None = None  # what the agent's audio was watermarked with (agent.watermark)
+    dropped_frames: dict[str, int] = field(default_factory=dict)  # agent audio never sent, by where
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ class CallSession:
         finally:
             self.conv.close()
             self.summary.duration_ms = self.now_ms()
+            self.summary.dropped_frames = self.playout.dropped_counts()
             event(log, "call.ended", by=self.summary.ended_by or "error", duration_ms=self.summary.duration_ms,
                   turns=len(self.summary.turns), barge_ins=len(self.summary.barge_ins))
         return self.summary
