@@ -207,6 +207,7 @@ class CallSummary:
     engine_rejections: int = 0  # commands the engine could not take (queue full): counted, the call goes on
     withdrawn_answers: int = 0  # answers started early, withdrawn because the caller only paused
     false_starts: int = 0  # answers released speculatively, withdrawn because the caller went on
+    dropped_frames: dict[str, int] = field(default_factory=dict)  # agent audio never sent, by where
     mark: CallWatermark | None = None  # what the agent's audio was watermarked with (agent.watermark)
 
 
