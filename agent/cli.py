@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.http_app import auth_required
+    from agent.provenance import ProvenanceError
     from agent.server import serve
 
     if args.sip and args.config is None:
@@ -119,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refuse_tiny_model(settings)
     try:
         code: int = asyncio.run(serve(settings))
-    except OSError as exc:  # e.g. the HTTP or SIP port is taken
+    except (OSError, ProvenanceError) as exc:  # e.g. the HTTP or SIP port is taken, a bad signing key
         raise CliError(f"cannot serve: {exc}") from None
     return code
 

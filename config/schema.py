@@ -139,6 +139,7 @@ class ServerSettings:
     max_calls: int = spec(8, min=1, max=10000)
     drain_timeout_s: float = spec(300.0, min=0.0, max=86400.0)
     admission_step_margin: float = spec(0.8, min=0.0, max=1.0)
+    record_dir: str = spec("")
 
 
 @dataclass(frozen=True)
