@@ -137,3 +137,14 @@ def test_failures_are_counted_never_raised(tmp_path: Path, monkeypatch: pytest.M
     assert recordings.finish(rec, _summary("c-5")) is None
     assert recordings.counts == {"failed": 1}
     assert list((tmp_path / "rec").iterdir()) == []  # no partial recording, no temporary files left
+
+
+def test_recording_counts_reach_metrics() -> None:
+    from agent.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_recordings({"written": 2, "failed": 1})
+    metrics.observe_recordings({"written": 3, "failed": 1})  # running totals: only the growth counts
+    assert metrics.recordings.labels("written")._value.get() == 3
+    assert metrics.recordings.labels("failed")._value.get() == 1
+    assert b'lfmcall_call_recordings_total{result="written"} 3.0' in metrics.render()
