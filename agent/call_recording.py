@@ -106,9 +106,13 @@ class CallRecorder:
         self.wav_path = folder / f"{stem}.wav"
         self._tracks: list[_Track] = []
         folder.mkdir(parents=True, exist_ok=True)
-        for channel in ("caller", "agent"):
-            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{stem}.{channel}.", suffix=".raw.tmp")
-            self._tracks.append(_Track(fd, Path(name), sample_rate))
+        try:
+            for channel in ("caller", "agent"):
+                fd, name = tempfile.mkstemp(dir=folder, prefix=f".{stem}.{channel}.", suffix=".raw.tmp")
+                self._tracks.append(_Track(fd, Path(name), sample_rate))
+        except BaseException:
+            self.discard()
+            raise
 
     def caller(self, samples: Int16Array, now_ms: float) -> None:
         self._place(0, samples, now_ms)
