@@ -292,7 +292,8 @@ class CallSession:
             self._track_vad(vad_event)
             at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
-        self.turns.audio(np.asarray(heard, np.int16), self.vad.state is VadState.SPEAKING, tt)
+        heard16 = heard if heard.dtype == np.int16 else float32_to_int16(np.asarray(heard, np.float32))
+        self.turns.audio(heard16, self.vad.state is VadState.SPEAKING, tt)
         self._act(self.turns.tick(tt), now)
         if self._feeding:
             self._feed(pcm)
@@ -377,7 +378,7 @@ class CallSession:
                 metrics.end_of_turn_ms = ev.at_ms
                 self.summary.end_of_turns.append(ev.at_ms)
                 event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=metrics.epoch,
-                      reason=ev.reason.value)
+                      reason=ev.reason.value, required_silence_ms=self.turns.detector.required_silence_ms(ev.at_ms))
             elif isinstance(ev, InterruptionSuspected):
                 self.playout.hold()
                 self._flush_transport()
