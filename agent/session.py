@@ -292,8 +292,9 @@ class CallSession:
             self._track_vad(vad_event)
             at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
-        heard16 = heard if heard.dtype == np.int16 else float32_to_int16(np.asarray(heard, np.float32))
-        self.turns.audio(heard16, self.vad.state is VadState.SPEAKING, tt)
+        # the caller's own audio (not the echo gate's output, which zeroes quiet blocks and so the
+        # contour's fade), with the VAD's state, which was decided on the gated audio
+        self.turns.audio(pcm, self.vad.state is VadState.SPEAKING, tt)
         self._act(self.turns.tick(tt), now)
         if self._feeding:
             self._feed(pcm)
