@@ -37,7 +37,7 @@ class AudioSettings:
     frame_ms: int = spec(80, min=80, max=80)
     model_input_rate_hz: int = spec(16000, min=16000, max=16000)
     model_output_rate_hz: int = spec(24000, min=24000, max=24000)
-    packet_ms: int = spec(20, min=10, max=60)
+    packet_ms: int = spec(20, min=20, max=20)  # fixed: RTP, WebRTC and the playout send 20 ms packets
     jitter_buffer_ms: int = spec(60, min=0, max=1000)
     output_latency_ms: int = spec(60, min=0, max=1000)
 
@@ -138,6 +138,7 @@ class HttpSettings:
 class ServerSettings:
     max_calls: int = spec(8, min=1, max=10000)
     drain_timeout_s: float = spec(300.0, min=0.0, max=86400.0)
+    admission_step_margin: float = spec(0.8, min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
