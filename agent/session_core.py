@@ -422,7 +422,9 @@ class SessionCore:
             self._track_vad(vad_event)
             at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
-        self.turns.audio(to_engine if self.gate is not None else pcm, self.vad.state is VadState.SPEAKING, tt)
+        # the caller's own audio, not the echo gate's output (which zeroes quiet blocks and so breaks the
+        # contour's fade and the backchannel judge's spectra), with the VAD's state decided on the gated audio
+        self.turns.audio(pcm, self.vad.state is VadState.SPEAKING, tt)
         self._act(self.turns.tick(tt), now)
         if self._feeding and start >= self._fed_until:  # (feeding that started just now took this packet)
             self._feed(to_engine)
@@ -509,7 +511,7 @@ class SessionCore:
                 metrics.end_of_turn_ms = ev.at_ms
                 self.summary.end_of_turns.append(ev.at_ms)
                 event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=metrics.epoch,
-                      reason=ev.reason.value)
+                      reason=ev.reason.value, required_silence_ms=self.turns.detector.required_silence_ms(ev.at_ms))
             elif isinstance(ev, InterruptionSuspected):
                 self.playout.hold()
                 self._actions.append(PauseOutput())  # held, not discarded: it may be a cough
