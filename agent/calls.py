@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from agent.capacity import CallRefused, Capacity, Reservation
 from agent.engine_api import EngineClient
-from agent.engine_thread import ThreadEngineClient
 from agent.log import event
 from agent.session import CallSession, CallSummary, SessionOptions
 from agent.transport import CallTransport
@@ -27,7 +26,7 @@ from agent.vad import VoiceDetector
 __all__ = ["CallCounters", "CallManager", "CallRefused"]
 
 if TYPE_CHECKING:
-    from model.engine import Engine
+    from agent.engine_process import EngineHost
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +38,17 @@ class CallCounters:
     failed: int = 0
     refused_full: int = 0
     refused_draining: int = 0
+    refused_engine: int = 0  # the engine is restarting, or its step time leaves no room (overloaded)
+    ended_engine_lost: int = 0  # live calls ended because the engine process died
     by_result: dict[str, int] = field(default_factory=dict)
 
 
 class CallManager:
-    def __init__(self, engine: Engine, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
+    def __init__(self, engine: EngineHost, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
                  max_calls: int, instructions: str = "") -> None:
         """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's)."""
         self.engine = engine
-        self.client: EngineClient = engine if hasattr(engine, "submit") else ThreadEngineClient(engine)  # type: ignore[assignment]
+        self.client: EngineClient = engine  # an EngineHost: the engine process, or the engine in this process
         self.options = options
         self.detector_factory = detector_factory
         self.capacity = Capacity(max_calls)
@@ -59,6 +60,17 @@ class CallManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_call_finished: list[Callable[[CallSummary], None]] = []
+        engine.on_lost.append(self._engine_lost)
+
+    def _engine_lost(self, message: str) -> None:
+        """The engine process died: every live call ends now (BYE / data-channel "ended"), counted."""
+        from agent.engine_process import ENGINE_LOST
+
+        sessions = list(self.active.values())
+        self.counters.ended_engine_lost += len(sessions)
+        event(log, "calls.engine_lost", logging.ERROR, calls=len(sessions), message=message)
+        for session in sessions:
+            session.end(ENGINE_LOST)
 
     @property
     def max_calls(self) -> int:
@@ -87,6 +99,10 @@ class CallManager:
             else:
                 self.counters.refused_full += 1
             raise
+        refusal = self.engine.refusal()
+        if refusal is not None:
+            self.counters.refused_engine += 1
+            raise CallRefused(refusal)
 
     def reserve(self, transport: str) -> Reservation:
         """Hold a slot from the offer on (SIP INVITE, WebRTC offer, dial); CallRefused when none is free."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 
 class CallRefused(Exception):
-    """No call can be taken now; `reason` is 'full' or 'draining'."""
+    """No call can be taken now; `reason` is 'full', 'draining', 'overloaded' or 'engine_restarting'."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.audio import MODEL_INPUT_RATE, MODEL_OUTPUT_RATE, PcmFrame, float32_to_int16
 from agent.errors import CliError
-from agent.model_choice import ModelChoice, ModelChoiceError, choose_model
+from agent.model_choice import TINY_HIDDEN_SIZE, ModelChoice, ModelChoiceError, choose_model
 from agent.resample import resample_offline
 from agent.wavio import read_wav, write_wav
 from config.schema import ModelSettings, Settings
@@ -30,15 +30,24 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice]:
-    from model.checkpoint import load_model
-    from model.errors import ModelError
-
+def choose_for_settings(settings: ModelSettings) -> ModelChoice:
     try:
         choice = choose_model(settings)
     except ModelChoiceError as exc:
         raise CliError(str(exc)) from None
     _say(f"model: {choice.description}")
+    return choice
+
+
+def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice]:
+    choice = choose_for_settings(settings)
+    return load_choice(settings, choice), choice
+
+
+def load_choice(settings: ModelSettings, choice: ModelChoice) -> LoadedModel:
+    from model.checkpoint import load_model
+    from model.errors import ModelError
+
     device = None if settings.device == "auto" else settings.device
     dtype = None if settings.dtype == "auto" else settings.dtype
     try:
@@ -47,7 +56,7 @@ def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice
         raise CliError(str(exc)) from None
     decoder = loaded.decoder.name if loaded.decoder is not None else "none"
     _say(f"model: loaded on {loaded.device} ({loaded.dtype}), audio decoder: {decoder}")
-    return loaded, choice
+    return loaded
 
 
 def engine_settings(settings: ModelSettings, tiny: bool = False, slots: int = 16) -> EngineSettings:
@@ -78,7 +87,7 @@ def engine_settings(settings: ModelSettings, tiny: bool = False, slots: int = 16
 
 def choice_is_tiny(loaded: LoadedModel) -> bool:
     """The offline tiny model (or any checkpoint far too small to be the real one)."""
-    return loaded.config.lfm.hidden_size < 256
+    return loaded.config.lfm.hidden_size < TINY_HIDDEN_SIZE
 
 
 def _read_16k(path: Path) -> np.ndarray:

@@ -6,7 +6,8 @@ Routes
 ``POST /offer``      JSON ``{"sdp", "type": "offer"}`` -> the answer ``{"sdp", "type": "answer",
                      "call_id"}``. Non-trickle: the answer carries every server candidate. The call runs
                      in its own task: ``runtime.calls.run_call(WebRtcTransport(...))``.
-``GET /healthz``     JSON readiness, draining, active calls, capacity, model; 200, or 503 when draining
+``GET /healthz``     JSON readiness, draining, active calls, capacity, model, engine (state, pid, restarts,
+                     step p90 against its budget); 200, or 503 when not accepting calls
 ``GET /metrics``     Prometheus text
 ``POST /calls``      JSON ``{"uri": "sip:..."}`` -> 202 ``{"call_id"}``: outbound SIP call via the gateway
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import ipaddress
 import json
 import logging
@@ -301,7 +303,9 @@ class HttpApp:
 
     # -- routes -------------------------------------------------------------------------------------------------
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+        page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        page = page.replace("{{model}}", html.escape(self.runtime.choice.description))  # the model in use
+        return web.Response(text=page, content_type="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
     async def _offer(self, request: web.Request) -> web.Response:
         self._check_auth(request)
@@ -417,7 +421,8 @@ class HttpApp:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         draining = self.calls.draining
-        ok = self.ready and not draining
+        engine = self.runtime.engine.health()
+        ok = self.ready and not draining and self.runtime.engine.refusal() is None
         body = {
             "ready": self.ready,
             "draining": draining,
@@ -430,12 +435,18 @@ class HttpApp:
             "model": self.runtime.choice.description,
             "sip": self.gateway is not None,
             "auth": self.auth,
+            "engine": engine,
         }
-        # 503 when not taking calls (draining or full): load balancers send calls elsewhere
+        # 503 when not taking calls (draining, full, engine restarting or overloaded): load balancers
+        # send calls elsewhere
         return web.json_response(body, status=200 if body["accepting"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self.metrics.observe_engine_steps(self.runtime.engine.step_seconds, self.runtime.engine.steps)
+        engine = self.runtime.engine
+        self.metrics.observe_engine_steps(engine.step_seconds, engine.steps)
+        self.metrics.observe_dropped(engine.dropped)
+        self.metrics.engine_restarts.set(engine.restarts)
+        self.metrics.engine_up.set(1 if engine.state == "running" else 0)
         self.metrics.calls_active.labels("webrtc").set(len(self.transports))
         return web.Response(body=self.metrics.render(), content_type="text/plain",
                             headers={"X-Prometheus-Format": "0.0.4"})

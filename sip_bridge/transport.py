@@ -16,7 +16,7 @@ from collections.abc import Callable
 from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, PacketsPlayed, TransportEvent
 from sip_bridge.media import CallMedia
 
-MAX_QUEUED_EVENTS = 500  # 10 s of 20 ms packets: beyond it the session is not reading
+MAX_BACKLOG_MS = 200  # caller audio waiting for the session: beyond it new packets are dropped (counted)
 
 
 class SipCallTransport:
@@ -27,7 +27,8 @@ class SipCallTransport:
         self._rate = media.transport_rate
         self._events: asyncio.Queue[TransportEvent] = asyncio.Queue()
         self._ended = False
-        self.dropped_audio = 0
+        self.dropped_audio = 0  # caller packets dropped because the session fell MAX_BACKLOG_MS behind
+        self._queued_samples = 0
         self.hangup_reason: str | None = None
 
     @property
@@ -39,7 +40,10 @@ class SipCallTransport:
         return self._ended
 
     async def receive(self) -> TransportEvent:
-        return await self._events.get()
+        ev = await self._events.get()
+        if isinstance(ev, AudioReceived):
+            self._queued_samples -= len(ev.samples)
+        return ev
 
     def send(self, samples: Int16Array) -> None:
         if not self._ended:
@@ -76,9 +80,10 @@ class SipCallTransport:
     def audio_received(self, samples: Int16Array) -> None:
         if self._ended:
             return
-        if self._events.qsize() >= MAX_QUEUED_EVENTS:
+        if (self._queued_samples + len(samples)) * 1000 > MAX_BACKLOG_MS * self._rate:
             self.dropped_audio += 1
             return
+        self._queued_samples += len(samples)
         self._events.put_nowait(AudioReceived(samples))
 
     def dtmf_received(self, digit: str, duration_ms: int) -> None:
