@@ -31,6 +31,9 @@ caller speaking        EndOfTurnPredicted          Respond early; playout held (
 early answer held      TurnContinued / DTMF        Retract; pause audio fed; new epoch
 early answer held      EndOfTurn                   playout resumed: the held answer plays
 caller speaking        EndOfTurn                   Respond(request=new epoch)
+caller speaking        EndOfTurn(speculative)      Respond; it plays, still withdrawable
+speculative answer     TurnContinued(false_start)  FlushOutput; Retract; the caller's turn goes on
+speculative answer     TurnConfirmed               the answer stays (keys now interrupt it)
 agent speaking         InterruptionSuspected       playout held, PauseOutput (nothing dropped)
 held by suspicion      FalseInterruption           playout resumed, ResumeOutput
 agent speaking/held    BargeIn                     FlushOutput; Interrupt(played frames); epoch+1
