@@ -244,11 +244,18 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     import torch
 
     from agent.commands import choice_is_tiny, engine_settings, load_choice
+    from agent.errors import CliError
     from model.engine import Engine
 
     if threads > 0:
         torch.set_num_threads(threads)
-    loaded = load_choice(settings.model, choice)
+    try:
+        loaded = load_choice(settings.model, choice)
+    except CliError as exc:  # a clear message (missing files, bad checkpoint): no traceback
+        with contextlib.suppress(OSError):
+            sock.sendall(wire.failed(str(exc)))
+        sock.close()
+        raise SystemExit(2) from None
     tiny = choice_is_tiny(loaded)
     engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
     info = {"description": choice.description, "device": str(loaded.device), "dtype": str(loaded.dtype),
@@ -444,6 +451,10 @@ class EngineProcessClient:
                     data = sock.recv(1 << 16)
                     bodies = frames.push(data) if data else []
                     if bodies:
+                        if bodies[0][:1] == bytes([wire.FAILED]):
+                            from agent.errors import CliError
+
+                            raise CliError(wire.decode_failed(bodies[0]))
                         if bodies[0][:1] != bytes([wire.READY]):
                             raise EngineStartError(f"the engine process sent kind {bodies[0][:1]!r} before READY")
                         self._ready(bodies[0])
@@ -598,6 +609,9 @@ class EngineProcessClient:
         try:
             if kind == wire.READY:
                 self._ready(body)
+                return
+            if kind == wire.FAILED:  # a restart that cannot load the model: it exits, we retry with backoff
+                event(log, "engine.start_failed", logging.ERROR, message=wire.decode_failed(body)[:500])
                 return
             if kind == wire.STATS:
                 steps, calls, refused, times = wire.decode_stats(body)

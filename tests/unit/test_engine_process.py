@@ -100,6 +100,7 @@ def test_unknown_kind_stray_bytes_and_direction_are_wire_errors() -> None:
 def test_control_frames_round_trip() -> None:
     pid, info = wire.decode_ready(wire.ready(1234, {"device": "cpu", "tiny": True})[4:])
     assert pid == 1234 and info == {"device": "cpu", "tiny": True}
+    assert wire.decode_failed(wire.failed("no weights in /x")[4:]) == "no weights in /x"
     steps, calls, refused, times = wire.decode_stats(wire.stats(99, 4, 2, [0.01, 0.02])[4:])
     assert (steps, calls, refused) == (99, 4, 2) and np.allclose(times, [0.01, 0.02])
 
