@@ -1,8 +1,9 @@
 """CallManager: admits calls up to capacity, runs each in its own CallSession, drains on request.
 
-Every transport (SIP gateway, WebRTC server, simulator) hands an answered call to
-`CallManager.run_call(transport)`. Capacity (`server.max_calls`) and draining are decided here,
-once, so SIP (503), HTTP (503) and `/healthz` all report the same truth.
+Every transport (SIP gateway, WebRTC server, simulator) reserves a slot at the offer
+(`CallManager.reserve`, agent/capacity.py) and hands the answered call, with its reservation, to
+`CallManager.run_call(transport, reservation=...)`. Capacity (`server.max_calls`) and draining are
+decided there, once, so SIP (503, OPTIONS), HTTP (503) and `/healthz` all report the same truth.
 """
 
 from __future__ import annotations
@@ -13,27 +14,21 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from agent.engine_compat import ClientConversation
+from agent.capacity import CallRefused, Capacity, Reservation
+from agent.engine_api import EngineClient
 from agent.log import event
 from agent.session import CallSession, CallSummary, SessionOptions
 from agent.transport import CallTransport
 from agent.vad import VoiceDetector
 
+__all__ = ["CallCounters", "CallManager", "CallRefused"]
+
 if TYPE_CHECKING:
     from agent.engine_process import EngineHost
-    from model.engine import CallConversation
 
 log = logging.getLogger(__name__)
-
-
-class CallRefused(Exception):
-    """No call can be taken now; `reason` is 'full', 'draining', 'overloaded' or 'engine_restarting'."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -53,11 +48,11 @@ class CallManager:
                  max_calls: int, instructions: str = "") -> None:
         """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's)."""
         self.engine = engine
+        self.client: EngineClient = engine  # an EngineHost: the engine process, or the engine in this process
         self.options = options
         self.detector_factory = detector_factory
-        self.max_calls = max_calls
+        self.capacity = Capacity(max_calls)
         self.instructions = instructions
-        self.draining = False
         self.active: dict[str, CallSession] = {}
         self.counters = CallCounters()
         self.summaries: list[CallSummary] = []
@@ -78,34 +73,66 @@ class CallManager:
             session.end(ENGINE_LOST)
 
     @property
+    def max_calls(self) -> int:
+        return self.capacity.max_calls
+
+    @property
+    def draining(self) -> bool:
+        return self.capacity.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.capacity.draining = value
+
+    @property
     def free_slots(self) -> int:
-        return max(0, self.max_calls - len(self.active))
+        """Slots neither reserved (offered, not answered yet) nor committed (running), on every transport."""
+        return self.capacity.free_slots
 
     def check_admission(self) -> None:
         """Raise CallRefused when a new call would be refused (answer 503 before ringing)."""
-        if self.draining:
-            self.counters.refused_draining += 1
-            raise CallRefused("draining")
-        if len(self.active) >= self.max_calls:
-            self.counters.refused_full += 1
-            raise CallRefused("full")
+        try:
+            self.capacity.check()
+        except CallRefused as exc:
+            if exc.reason == "draining":
+                self.counters.refused_draining += 1
+            else:
+                self.counters.refused_full += 1
+            raise
         refusal = self.engine.refusal()
         if refusal is not None:
             self.counters.refused_engine += 1
             raise CallRefused(refusal)
 
+    def reserve(self, transport: str) -> Reservation:
+        """Hold a slot from the offer on (SIP INVITE, WebRTC offer, dial); CallRefused when none is free."""
+        self.check_admission()
+        return self.capacity.reserve(transport)
+
     def new_call_id(self, prefix: str = "c") -> str:
         return f"{prefix}-{next(self._ids)}-{secrets.token_hex(3)}"
 
     async def run_call(self, transport: CallTransport, call_id: str | None = None,
-                       options: SessionOptions | None = None, external_id: str = "") -> CallSummary:
-        """Run one call to its end. Raises CallRefused when at capacity or draining."""
-        self.check_admission()
+                       options: SessionOptions | None = None, external_id: str = "",
+                       reservation: Reservation | None = None) -> CallSummary:
+        """Run one call to its end; its slot is released when it ends.
+
+        With a `reservation` (taken at the offer) the call was answered and is never refused; without
+        one a slot is reserved now (CallRefused when at capacity or draining).
+        """
+        if reservation is None:
+            reservation = self.reserve("inproc")
+        reservation.commit()
+        try:
+            return await self._run_session(transport, call_id, options, external_id)
+        finally:
+            reservation.release()
+
+    async def _run_session(self, transport: CallTransport, call_id: str | None, options: SessionOptions | None,
+                           external_id: str) -> CallSummary:
         call_id = call_id or self.new_call_id()
-        # the session still takes a conversation handle: ClientConversation adapts the EngineClient
-        conversation = cast("CallConversation", ClientConversation(self.engine, self.instructions))
-        session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options,
-                              external_id=external_id)
+        session = CallSession(call_id, transport, self.client, self.detector_factory(), options or self.options,
+                              external_id=external_id, instructions=self.instructions)
         self.active[call_id] = session
         self._idle.clear()
         self.counters.started += 1

@@ -74,7 +74,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_dial(args: argparse.Namespace) -> int:
     import asyncio
 
-    from agent.calls import CallRefused
+    from agent.capacity import CallRefused
     from agent.metrics import Metrics
     from agent.runtime import build_runtime
     from sip_bridge.gateway import SipGateway

@@ -2,8 +2,10 @@
 
 Caller audio decoded by ``CallMedia`` and DTMF (RFC 4733 or SIP INFO) are queued as transport
 events; the call's end (remote BYE, CANCEL, RTP timeout, our own hang-up) queues ``HungUp``,
-always the last event. ``send`` queues agent audio in the media pacer; ``flush`` drops what is
-queued (barge-in); ``hang_up`` asks the gateway to send BYE.
+always the last event. ``send`` queues agent audio in the media pacer (``send_tracked``: and reports each packet
+that really left as ``PacketsPlayed``, the session's truth of what was heard); ``pause_output``
+holds what is queued (a suspected interruption), ``flush`` drops it (barge-in); ``hang_up`` asks
+the gateway to send BYE.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, TransportEvent
+from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, PacketsPlayed, TransportEvent
 from sip_bridge.media import CallMedia
 
 MAX_BACKLOG_MS = 200  # caller audio waiting for the session: beyond it new packets are dropped (counted)
@@ -47,6 +49,23 @@ class SipCallTransport:
         if not self._ended:
             self.media.send_pcm(samples)
 
+    def send_tracked(self, samples: Int16Array, sequence: int | None) -> None:
+        """Queue a packet; `PacketsPlayed(sequence)` follows once it was really sent on the wire."""
+        if not self._ended:
+            self.media.on_sent = self._sent
+            self.media.send_pcm(samples, sequence)
+
+    def set_source(self, source: Callable[[], None] | None) -> None:
+        """Let the media's send deadlines drive the session's outbound tick (one pacing grid)."""
+        self.media.source = source
+
+    def pause_output(self) -> None:
+        """Hold the queued agent audio (sending silence meanwhile); nothing is dropped."""
+        self.media.pause_output()
+
+    def resume_output(self) -> None:
+        self.media.resume_output()
+
     def flush(self) -> int:
         """Drop queued agent audio at once (barge-in); returns the packets dropped."""
         return self.media.flush_output()
@@ -70,6 +89,10 @@ class SipCallTransport:
     def dtmf_received(self, digit: str, duration_ms: int) -> None:
         if not self._ended:
             self._events.put_nowait(DtmfReceived(digit, duration_ms))
+
+    def _sent(self, sequence: int) -> None:
+        if not self._ended:
+            self._events.put_nowait(PacketsPlayed(sequence))
 
     def remote_ended(self, reason: str) -> None:
         """The call is over (BYE, CANCEL, RTP timeout, our hang-up): HungUp is the last event."""
