@@ -39,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -249,6 +250,9 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
 
     if threads > 0:
         torch.set_num_threads(threads)
+    # the engine's worker thread holds the GIL between tensor ops; this process's event loop (the
+    # socket) must get it back quickly, or every event and command waits up to the 5 ms default
+    sys.setswitchinterval(0.0005)
     try:
         loaded = load_choice(settings.model, choice)
     except CliError as exc:  # a clear message (missing files, bad checkpoint): no traceback
