@@ -139,13 +139,3 @@ def session_marks(summary_mark: Any) -> list[dict[str, Any]]:
         return []
     return [{"epoch": u.epoch, "first_chunk": u.first_chunk, "frames": u.chunks, "counters": u.blocks}
             for u in summary_mark.utterances]
-
-
-def run_mark_summary(calls: list[CallRecord]) -> str:
-    """One line for the console: the mark's detection rate at the caller's ear, per call."""
-    parts = []
-    for c in calls:
-        rate = c.watermark.get("detection_rate")
-        if rate is not None:
-            parts.append(f"{c.scenario} {c.watermark['detected']}/{c.watermark['windows']}")
-    return "simulate: watermark at the ear (3 s windows detected): " + ", ".join(parts) if parts else ""

@@ -9,6 +9,7 @@ constructors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,8 +32,33 @@ def _settings(args: argparse.Namespace) -> Settings:
     if extra:
         overrides.extend(extra(args))
     settings = load_settings(args.config, overrides=overrides)
-    configure_logging(args.log_level or settings.logging.level, settings.logging.format)
+    _configure_console(args, settings)
     return settings
+
+
+# Where each command's log lines go. A server logs to its console (a service manager collects it);
+# a command with a run folder writes them to <out>/log.jsonl and keeps its console to progress and
+# results; the other one-shot commands show warnings and errors only. --verbose: every line on the
+# console too.
+CONSOLE_SERVER = "server"
+CONSOLE_RUN = "run"
+CONSOLE_TOOL = "tool"
+
+
+def run_log_path(args: argparse.Namespace) -> Path | None:
+    """<out>/log.jsonl for commands with a run folder (simulate, smoke), else None."""
+    if getattr(args, "_console", CONSOLE_TOOL) != CONSOLE_RUN:
+        return None
+    return Path(args.out) / "log.jsonl"
+
+
+def _configure_console(args: argparse.Namespace, settings: Settings) -> None:
+    level = args.log_level or settings.logging.level
+    kind = getattr(args, "_console", CONSOLE_TOOL)
+    console: str | None = None  # None: everything logged at `level`
+    if not getattr(args, "verbose", False):
+        console = {CONSOLE_SERVER: None, CONSOLE_RUN: "ERROR", CONSOLE_TOOL: "WARNING"}[kind]
+    configure_logging(level, settings.logging.format, console_level=console, log_file=run_log_path(args))
 
 
 def _model_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]]:
@@ -50,12 +76,47 @@ def _model_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]
 # subcommands
 
 
+SIP_LOCAL_PROFILE = Path(__file__).resolve().parent.parent / "config" / "sip-local.yaml"
+
+
+def _serve_overrides(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]]:
+    out = _model_overrides(args)
+    if getattr(args, "sip", False):
+        out.insert(0, {"sip": {"enabled": True}})
+    return out
+
+
+def refuse_tiny_model(settings: Settings) -> None:
+    """`serve` answers real callers: without the weights (the offline tiny fallback) or on a tiny
+    random checkpoint it refuses to start, saying how to get the weights (--allow-tiny-model: serve it)."""
+    from agent.model_choice import ModelChoiceError, checkpoint_is_tiny, choose_model, download_command
+
+    ref = settings.model.ref
+    try:
+        choice = choose_model(dataclasses.replace(settings.model, offline_fallback="error"))
+    except ModelChoiceError:
+        raise CliError(
+            f"no model weights on this machine for model.ref {ref!r}: callers would hear the random offline "
+            f"tiny model (noise). Get the weights with:\n    {download_command(ref)}\n"
+            "or pass --allow-tiny-model to serve the tiny model anyway (a test or a demo of the plumbing)"
+        ) from None
+    if checkpoint_is_tiny(choice.path):
+        raise CliError(f"{choice.path} is a tiny random checkpoint (callers would hear noise); "
+                       f"get the real weights with: {download_command(ref)}, or pass --allow-tiny-model")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agent.http_app import auth_required
     from agent.server import serve
 
+    if args.sip and args.config is None:
+        args.config = str(SIP_LOCAL_PROFILE)
     settings = _settings(args)
+    auth_required(settings.http)  # a bad profile fails first (auth on without a token)
+    if not args.allow_tiny_model:
+        refuse_tiny_model(settings)
     try:
         code: int = asyncio.run(serve(settings))
     except OSError as exc:  # e.g. the HTTP or SIP port is taken
@@ -67,7 +128,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from agent.sim_command import run_simulate
 
     concurrency = args.concurrency or {"inproc": 4, "sip": 2, "webrtc": 1}[args.transport]
-    code: int = run_simulate(_settings(args), list(args.scenarios), args.transport, concurrency, Path(args.out))
+    code: int = run_simulate(_settings(args), list(args.scenarios), args.transport, concurrency, Path(args.out),
+                             run_log_path(args))
     return code
 
 
@@ -85,7 +147,7 @@ def cmd_dial(args: argparse.Namespace) -> int:
 
     async def dial() -> int:
         runtime = build_runtime(settings)
-        gateway = SipGateway(runtime.calls, settings.sip, Metrics())
+        gateway = SipGateway(runtime.calls, settings.sip, Metrics(), jitter_buffer_ms=settings.audio.jitter_buffer_ms)
         try:
             await gateway.start()
             try:
@@ -166,6 +228,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_turn_eval(args: argparse.Namespace) -> int:
+    from agent.turn_eval import run_command
+
+    return run_command(args, _settings(args))
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from agent import verify
 
@@ -191,7 +259,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="profile YAML merged over config/default.yaml")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one setting (repeatable)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="what is logged (default: logging.level)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log lines on the console too (simulate and smoke keep them in <out>/log.jsonl; "
+                        "other commands show warnings and errors only)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -210,15 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str,
+            console: str = CONSOLE_TOOL) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, _console=console)
         return p
 
-    p = add("serve", cmd_serve, "run the agent: HTTP (web page, WebRTC, health, metrics) and SIP")
+    p = add("serve", cmd_serve, "run the agent: HTTP (web page, WebRTC, health, metrics) and SIP", CONSOLE_SERVER)
     _add_model(p)
-    p = add("simulate", cmd_simulate, "run scripted call simulations and write a report")
+    p.add_argument("--sip", action="store_true",
+                   help="answer SIP too; without --config: the loopback profile config/sip-local.yaml "
+                        "(SIP on 127.0.0.1:5080, no token)")
+    p.add_argument("--allow-tiny-model", action="store_true",
+                   help="serve the random offline tiny model when the weights are missing (callers hear "
+                        "noise; without this flag serve refuses to start)")
+    p.set_defaults(_overrides=_serve_overrides)
+    p = add("simulate", cmd_simulate, "run scripted call simulations and write a report", CONSOLE_RUN)
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO.yaml")
     p.add_argument("--transport", default="inproc", choices=["inproc", "webrtc", "sip"])
     p.add_argument("--concurrency", type=int, default=None,
@@ -226,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in this process)")
     p.add_argument("--out", default="runs/latest", metavar="DIR")
     _add_model(p)
-    p = add("dial", cmd_dial, "place an outbound SIP call to a URI and talk to the callee")
+    p = add("dial", cmd_dial, "place an outbound SIP call to a URI and talk to the callee", CONSOLE_SERVER)
     p.add_argument("uri", metavar="sip:user@host")
     _add_model(p)
     p = add("asr", cmd_asr, "transcribe a WAV file with the model's ASR mode")
@@ -244,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-replies", action="store_true",
                    help="demo variant: replies never end by themselves (they last the configured cap)")
     p = add("smoke", cmd_smoke,
-            "offline smoke run: agent reply to a spoken question through the G.711 line path")
+            "offline smoke run: agent reply to a spoken question through the G.711 line path", CONSOLE_RUN)
     p.add_argument("--out", default="runs/smoke", metavar="DIR")
     _add_model(p)
     p = add("bench", cmd_bench, "run the benchmark suite (BENCHMARKS.md tables and JSON)")
@@ -262,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="false-positive probability per 3 s window at the threshold (default 1e-4)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
     p.add_argument("--node-key", action="store_true", help="print this node's public signing key (PEM)")
+    p = add("turn-eval", cmd_turn_eval, "end-of-turn detectors on labelled WAVs: false cut-offs vs median "
+            "latency per threshold, and a PNG plot")
+    from agent.turn_eval import add_arguments as add_turn_eval_arguments
+
+    add_turn_eval_arguments(p)
     p = add("config", cmd_config, "print the effective settings after all layers")
     return parser
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.audio import MODEL_INPUT_RATE, MODEL_OUTPUT_RATE, PcmFrame, float32_to_int16
 from agent.errors import CliError
-from agent.model_choice import ModelChoice, ModelChoiceError, choose_model
+from agent.model_choice import TINY_HIDDEN_SIZE, ModelChoice, ModelChoiceError, choose_model
 from agent.resample import resample_offline
 from agent.wavio import read_wav, write_wav
 from config.schema import ModelSettings, Settings
@@ -87,7 +87,7 @@ def engine_settings(settings: ModelSettings, tiny: bool = False, slots: int = 16
 
 def choice_is_tiny(loaded: LoadedModel) -> bool:
     """The offline tiny model (or any checkpoint far too small to be the real one)."""
-    return loaded.config.lfm.hidden_size < 256
+    return loaded.config.lfm.hidden_size < TINY_HIDDEN_SIZE
 
 
 def _read_16k(path: Path) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import ipaddress
 import json
 import logging
@@ -302,7 +303,9 @@ class HttpApp:
 
     # -- routes -------------------------------------------------------------------------------------------------
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+        page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        page = page.replace("{{model}}", html.escape(self.runtime.choice.description))  # the model in use
+        return web.Response(text=page, content_type="text/html", headers={"Content-Security-Policy": PAGE_CSP})
 
     async def _offer(self, request: web.Request) -> web.Response:
         self._check_auth(request)

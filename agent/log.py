@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 _call_id: contextvars.ContextVar[str] = contextvars.ContextVar("lfmcall_call_id", default="-")
@@ -80,16 +81,66 @@ class _Formatter(logging.Formatter):
         return " ".join(parts)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Install the structured formatter on the root logger (idempotent)."""
+class _CountingHandler(logging.Handler):
+    """Counts warnings and errors (``LogCounts``) whatever the console shows."""
+
+    def __init__(self, counts: LogCounts) -> None:
+        super().__init__(logging.WARNING)
+        self.counts = counts
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.counts.errors += 1
+        else:
+            self.counts.warnings += 1
+
+
+class LogCounts:
+    """Warnings and errors logged since ``configure_logging`` (for a command's closing summary)."""
+
+    def __init__(self) -> None:
+        self.warnings = 0
+        self.errors = 0
+
+
+_counts = LogCounts()
+
+
+def log_counts() -> LogCounts:
+    return _counts
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None, *,
+                      console_level: str | None = None, log_file: str | Path | None = None) -> None:
+    """Install the structured formatter on the root logger (idempotent).
+
+    ``level`` is what is logged at all; the console (``stream``, default stderr) shows records at
+    ``console_level`` and above (default: ``level``; ``"OFF"``: nothing). With ``log_file`` every
+    record at ``level`` is also written there, one JSON object per line (the file is started anew).
+    """
+    global _counts
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_lfmcall", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_Formatter(fmt))
-    handler._lfmcall = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+            handler.close()
+    handlers: list[logging.Handler] = []
+    if console_level != "OFF":
+        console = logging.StreamHandler(stream or sys.stderr)
+        console.setFormatter(_Formatter(fmt))
+        console.setLevel(console_level or level)
+        handlers.append(console)
+    if log_file is not None:
+        path = Path(log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(path, mode="w", encoding="utf-8")
+        to_file.setFormatter(_Formatter("json"))
+        handlers.append(to_file)
+    _counts = LogCounts()
+    handlers.append(_CountingHandler(_counts))
+    for handler in handlers:
+        handler._lfmcall = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.setLevel(level)
 
 

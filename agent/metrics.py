@@ -55,6 +55,9 @@ class Metrics:
             self.barge_in_stop.observe(max(0, b.stopped_ms - b.speech_started_ms) / 1000)
         if summary.engine_errors:
             self.engine_errors.inc(summary.engine_errors)
+        for where, count in summary.dropped_frames.items():
+            if count:
+                self.dropped_frames.labels(where).inc(count)
         from agent.engine_process import ENGINE_LOST
 
         if summary.ended_by == ENGINE_LOST:

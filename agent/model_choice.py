@@ -8,13 +8,16 @@ command prints which model it used. An explicit `--model` never falls back.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.schema import ModelSettings
 
 TINY_SEED = 0
+TINY_HIDDEN_SIZE = 256  # a backbone narrower than this is a tiny random model, not LFM2-Audio
 
 
 class ModelChoiceError(Exception):
@@ -49,6 +52,23 @@ def _local_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+def download_command(ref: str) -> str:
+    """How to fetch the weights named by model.ref (a Hugging Face repo id; a folder: the default repo)."""
+    looks_like_repo = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+    repo = ref if looks_like_repo else "LiquidAI/LFM2.5-Audio-1.5B"
+    return f"{Path(sys.executable).parent / 'hf'} download {repo}"  # huggingface_hub's CLI
+
+
+def checkpoint_is_tiny(folder: Path) -> bool:
+    """A checkpoint far too small to be the real model (the offline tiny model, test fixtures), by its
+    config.json alone (the same rule as `agent.commands.choice_is_tiny` on a loaded model)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        return int(config["lfm"]["hidden_size"]) < TINY_HIDDEN_SIZE
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not readable here: the loader reports what is wrong with it
+
+
 def choose_model(settings: ModelSettings) -> ModelChoice:
     ref = settings.ref
     path = Path(ref).expanduser()
@@ -60,7 +80,7 @@ def choose_model(settings: ModelSettings) -> ModelChoice:
         if snapshot is not None:
             return ModelChoice(snapshot, f"{ref} (local Hugging Face cache {snapshot})", False)
     if settings.offline_fallback != "tiny":
-        hint = f"huggingface-cli download {ref}" if looks_like_repo else "check the path"
+        hint = download_command(ref) if looks_like_repo else "check the path"
         raise ModelChoiceError(f"model {ref!r} is not available on this machine ({hint})")
     tiny = cache_dir() / f"tiny-demo-v2-seed{TINY_SEED}"  # v2: ships the LFM2.5 detokenizer too
     if not (tiny / "config.json").is_file():
@@ -70,6 +90,6 @@ def choose_model(settings: ModelSettings) -> ModelChoice:
     return ModelChoice(
         tiny,
         f"OFFLINE TINY MODEL (random weights, words are noise) at {tiny}; {ref} is not on this "
-        f"machine (get it with: huggingface-cli download {ref})",
+        f"machine (get it with: {download_command(ref)})",
         True,
     )

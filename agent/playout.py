@@ -138,6 +138,11 @@ class Playout:
         self._pending_events: list[PlayoutEvent] = []
         self._held = False
 
+    def dropped_counts(self) -> dict[str, int]:
+        """Agent audio never sent, by where (``lfmcall_dropped_frames_total``): packets more than
+        ``max_late_ms`` overdue (20 ms each), and 80 ms frames of an older epoch."""
+        return {"playout_late_packet": self.late_packets_dropped, "playout_stale_frame": self.stale_frames_dropped}
+
     # --- engine side ----------------------------------------------------------------------------
 
     def push(self, chunk: Int16Array, epoch: int, step_index: int, text: str = "") -> bool:

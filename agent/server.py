@@ -53,7 +53,8 @@ class AgentServer:
         if settings.sip.enabled:
             from sip_bridge.gateway import SipGateway
 
-            self.gateway = SipGateway(self.runtime.calls, settings.sip, self.metrics)
+            self.gateway = SipGateway(self.runtime.calls, settings.sip, self.metrics,
+                                      jitter_buffer_ms=settings.audio.jitter_buffer_ms)
             await self.gateway.start()
         if settings.http.enabled:
             self.http = HttpApp(self.runtime, self.metrics, self.gateway, http=settings.http,

@@ -117,6 +117,7 @@ class CallSession:
         finally:
             self.engine.submit(Close(self.engine_call))
             self.summary.duration_ms = self.now_ms()
+            self.summary.dropped_frames = self.core.playout.dropped_counts()
             event(log, "call.ended", by=self.summary.ended_by or "error", duration_ms=self.summary.duration_ms,
                   turns=len(self.summary.turns), barge_ins=len(self.summary.barge_ins))
         return self.summary

@@ -46,10 +46,12 @@ any                    transport_lost              HangUp + Ended("transport los
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +85,7 @@ from agent.events import (
     InterruptionSuspected,
     ResponseTimedOut,
     SpeechStarted,
+    TurnConfirmed,
     TurnContinued,
     TurnEvent,
     VadEvent,
@@ -92,9 +95,10 @@ from agent.log import event
 from agent.playout import BargeInCoordinator, Interruption, Playout, PlayoutSettings
 from agent.resample import StreamingResampler
 from agent.transport import Int16Array
+from agent.turn_end import TurnEndDetector, policy_from_settings
 from agent.turn_taking import TurnState, TurnTaking, TurnTakingSettings
 from agent.vad import VadSettings as TrackerSettings
-from agent.vad import VadTracker, VoiceDetector
+from agent.vad import VadState, VadTracker, VoiceDetector
 from agent.watermark import CallWatermark, MarkOptions
 from config.schema import Settings
 
@@ -202,6 +206,8 @@ class CallSummary:
     engine_errors: int = 0
     engine_rejections: int = 0  # commands the engine could not take (queue full): counted, the call goes on
     withdrawn_answers: int = 0  # answers started early, withdrawn because the caller only paused
+    false_starts: int = 0  # answers released speculatively, withdrawn because the caller went on
+    dropped_frames: dict[str, int] = field(default_factory=dict)  # agent audio never sent, by where
     mark: CallWatermark | None = None  # what the agent's audio was watermarked with (agent.watermark)
 
 
@@ -216,6 +222,7 @@ class SessionOptions:
     vad: TrackerSettings = field(default_factory=TrackerSettings)
     playout: PlayoutSettings = field(default_factory=PlayoutSettings)
     mark: MarkOptions = field(default_factory=MarkOptions)
+    turn_end: Callable[[], TurnEndDetector] | None = None  # a fresh end-of-turn policy per call
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionOptions:
@@ -232,7 +239,11 @@ class SessionOptions:
                 max_turn_ms=t.max_turn_ms,
                 response_timeout_ms=t.response_timeout_ms,
                 early_response_silence_ms=t.early_response_silence_ms,
+                speculative_window_ms=settings.endpointing.speculative_window_ms,
+                barge_in_word_ms=t.barge_in_word_ms,
+                backchannel_max_ms=t.backchannel_max_ms,
             ),
+            turn_end=functools.partial(policy_from_settings, settings),
             vad=TrackerSettings(start_threshold=v.start_threshold, stop_threshold=v.stop_threshold,
                                 start_ms=v.start_ms, stop_ms=v.stop_ms),
             playout=PlayoutSettings(sample_rate=MODEL_OUTPUT_RATE, packet_ms=settings.audio.packet_ms,
@@ -257,7 +268,8 @@ class SessionCore:
             options = dataclasses.replace(options, playout=dataclasses.replace(options.playout,
                                                                               playout_reported=True))
         self.options = options
-        self.turns = TurnTaking(self.options.turn)
+        turn_end = self.options.turn_end
+        self.turns = TurnTaking(self.options.turn, turn_end() if turn_end is not None else None)
         self.vad = VadTracker(detector, self.options.vad)
         self.gate = EchoGate() if self.options.echo_gate else None
         self.playout = Playout(self.options.playout)
@@ -410,6 +422,7 @@ class SessionCore:
             self._track_vad(vad_event)
             at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
+        self.turns.audio(to_engine if self.gate is not None else pcm, self.vad.state is VadState.SPEAKING, tt)
         self._act(self.turns.tick(tt), now)
         if self._feeding and start >= self._fed_until:  # (feeding that started just now took this packet)
             self._feed(to_engine)
@@ -475,16 +488,24 @@ class SessionCore:
                 self.playout.hold()
                 event(log, "turn.end_predicted", at_ms=ev.at_ms, epoch=self._early.epoch)
             elif isinstance(ev, TurnContinued):
+                if ev.false_start:  # the answer may be playing: stop it at the caller's ear too
+                    self.summary.false_starts += 1
+                    self._actions.append(FlushOutput())
                 self._withdraw_early_answer(now)
+            elif isinstance(ev, TurnConfirmed):  # the speculative answer stays
+                self._early = None
+                self._pause_frames = []
             elif isinstance(ev, EndOfTurn):
                 self._feeding = False
                 if self._early is not None:
                     metrics = self._early
-                    self._early = None
-                    self._pause_frames = []
                     self.playout.resume()
                 else:
                     metrics = self._start_answer(ev.speech_ended_ms, ev.at_ms)
+                # kept (with the caller's audio from now on) while the end is speculative: withdrawable
+                self._early = metrics if ev.speculative else None
+                if not ev.speculative:
+                    self._pause_frames = []
                 metrics.end_of_turn_ms = ev.at_ms
                 self.summary.end_of_turns.append(ev.at_ms)
                 event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=metrics.epoch,

@@ -8,14 +8,17 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.call_marks import EarMarkCheck, run_mark_summary
+from agent.call_marks import EarMarkCheck
 from agent.caller_leg import CallerLeg
 from agent.commands import choose_for_settings
 from agent.errors import CliError
 from agent.inproc import InprocLeg
+from agent.log import log_counts
 from agent.provenance import ProvenanceError
+from agent.report import CallRecord, summarize_calls
 from agent.runtime import Runtime, build_runtime
 from agent.scenario import Scenario, ScenarioError, load_scenarios
+from agent.sim_console import SimConsole, artifacts_lines, summary_table
 from agent.simulator import run_simulation, summaries_from
 from config.schema import Settings
 
@@ -27,7 +30,7 @@ def _say(text: str) -> None:
 
 
 async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenario], transport: str,
-                    concurrency: int, out_dir: Path, marks: EarMarkCheck) -> int:
+                    concurrency: int, out_dir: Path, marks: EarMarkCheck, log_file: Path | None) -> int:
     cleanup: list[Callable[[], Awaitable[object]]] = []
     leg_factory: Callable[[], CallerLeg]
     if transport == "inproc":
@@ -55,28 +58,44 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
 
             leg: CallerLeg = SipCallerLeg(uri)
             return leg
+    console = SimConsole(len(scenarios))
+    model = f"{runtime.choice.description}; audio decoder: {runtime.model_info.get('decoder', 'none')}"
     try:
-        model = f"{runtime.choice.description}; audio decoder: {runtime.model_info.get('decoder', 'none')}"
         run = await run_simulation(scenarios, leg_factory, model=model, transport=transport,
                                    concurrency=concurrency, out_dir=out_dir,
                                    summary_of=summaries_from(runtime.calls.summaries),
-                                   marks=marks)
+                                   marks=marks, progress=console)
     finally:
+        console.close()
         for stop_server in cleanup:
             await stop_server()
         runtime.close()
-    marked = run_mark_summary(run.calls)
-    if marked:
-        _say(marked)
     passed = sum(1 for c in run.calls if c.passed)
     failed = len(run.calls) - passed
-    _say(f"simulate: {passed} passed, {failed} failed; report: {out_dir / 'report.json'}")
-    _say(f"simulate: model used: {runtime.choice.description}; audio decoder: "
-         f"{runtime.model_info.get('decoder', 'none')}")
+    _say("")
+    _say(summary_table(run.calls))
+    _say("")
+    _say(turn_summary_line(run.calls))
+    counts = log_counts()
+    for line in artifacts_lines(out_dir, run.calls, log_file, counts.warnings, counts.errors):
+        _say(line)
+    _say(f"simulate: {passed} passed, {failed} failed; model used: {model}")
     return 0 if failed == 0 and len(run.calls) == len(scenarios) else 1
 
 
-def run_simulate(settings: Settings, paths: list[str], transport: str, concurrency: int, out: Path) -> int:
+def turn_summary_line(calls: list[CallRecord]) -> str:
+    """Response latency p50 at the ear, cut-offs per caller turn end, false starts, double answers."""
+    s = summarize_calls(calls)
+    lat = s["response_latency_ms"]["p50"]
+    rate = s["cut_off_rate"]
+    return (f"simulate: response latency p50 {'-' if lat is None else f'{lat:.0f} ms'} at the ear; cut-offs "
+            f"{s['cut_offs']}/{s['turn_ends']} caller turn ends ({'-' if rate is None else f'{100 * rate:.1f} %'}); "
+            f"false starts {s['false_starts']}; turns answered twice {s['double_answers']}; "
+            f"false interruptions {s['false_interruptions']}")
+
+
+def run_simulate(settings: Settings, paths: list[str], transport: str, concurrency: int, out: Path,
+                 log_file: Path | None = None) -> int:
     try:
         scenarios = load_scenarios(paths or [str(DEFAULT_SCENARIOS)])
     except ScenarioError as exc:
@@ -91,10 +110,11 @@ def run_simulate(settings: Settings, paths: list[str], transport: str, concurren
     # scenarios test the agent's behaviour, not admission: a slow shared CPU must not turn them into
     # "overloaded" refusals (serve keeps server.admission_step_margin)
     settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, admission_step_margin=0.0))
-    _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, concurrency {concurrency}, out {out}")
+    _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, {min(concurrency, len(scenarios))} at a time, "
+         f"into {out}/")
 
     async def main() -> int:
         runtime = build_runtime(settings, choice=choice)
-        return await _simulate(settings, runtime, scenarios, transport, concurrency, out, marks)
+        return await _simulate(settings, runtime, scenarios, transport, concurrency, out, marks, log_file)
 
     return asyncio.run(main())

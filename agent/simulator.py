@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -26,8 +26,10 @@ from agent.caller_leg import LEG_PACKET_SAMPLES, LEG_RATE, CallerLeg, Int16Array
 from agent.caller_script import PACKET_MS, CallerScript
 from agent.caller_voice import render_step
 from agent.line import LineModel
+from agent.log import event
 from agent.report import (
     BargeInRecord,
+    CallerUtterance,
     CallRecord,
     FalseInterruption,
     RunRecord,
@@ -46,6 +48,14 @@ UTTERANCE_MARGIN_MS = 300
 NOMINAL_LEVEL_DBFS = -26.0
 
 SummaryLookup = Callable[[float, "str | None"], "CallSummary | None"]
+
+
+class Progress(Protocol):
+    """Told when each scenario's call starts and when it has finished (``agent.sim_console``)."""
+
+    def started(self, index: int, name: str) -> None: ...
+
+    def finished(self, index: int, call: CallRecord) -> None: ...
 
 
 @dataclass
@@ -151,8 +161,9 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
     def segment_after(t: float) -> Segment | None:
         return next((s for s in segments if s.start_ms >= t), None)
 
+    eots = [None if t.end_of_turn_ms is None else t.end_of_turn_ms + offset_ms for t in summary.turns]
     for i, turn in enumerate(summary.turns):
-        eot = None if turn.end_of_turn_ms is None else turn.end_of_turn_ms + offset_ms
+        eot = eots[i]
         caller_end = None
         if eot is not None:
             before = [u.end_ms for u in says if u.end_ms <= eot]
@@ -160,10 +171,17 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
         start_after = 0.0 if eot is None else max(caller_end or 0.0, eot - 50)
         seg = segment_after(start_after)
         heard = seg is not None and turn.first_audio_sent_ms is not None
+        end = None
+        if heard and seg is not None:
+            # held and resumed (a backchannel over the agent): the reply goes on in later segments,
+            # up to the next reply's end of turn
+            later = [e for e in eots[i + 1:] if e is not None]
+            until = later[0] - 50 if later else float("inf")
+            end = max((s.end_ms for s in segments if seg.start_ms <= s.start_ms < until), default=seg.end_ms)
         record.turns.append(TurnRecord(
             index=i, caller_end_ms=caller_end, end_of_turn_ms=eot,
             agent_start_ms=seg.start_ms if heard and seg else None,
-            agent_end_ms=seg.end_ms if heard and seg else None,
+            agent_end_ms=end,
             text_generated=turn.text_generated, text_heard=turn.text_heard, interrupted=turn.interrupted,
             epoch=turn.epoch))
     record.end_of_turn_ms = [t + offset_ms for t in summary.end_of_turns]
@@ -180,8 +198,25 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
         stop = max(onset, active.end_ms) if active is not None else onset
         record.barge_ins.append(BargeInRecord(onset, b.detected_ms + offset_ms, stop, active is not None))
     record.dtmf_received = summary.dtmf
+    record.false_starts = summary.false_starts
+    record.cut_offs = cut_offs(record.caller_utterances, segments)
     if summary.error:
         record.error = record.error or f"agent error: {summary.error}"
+
+
+def cut_offs(utterances: list[CallerUtterance], agent: list[Segment]) -> list[Segment]:
+    """Agent audio at the ear while the caller's sentence was unfinished: in the pause after an
+    unfinished say step, before the caller went on (one per such pause, the first overlap)."""
+    says = [u for u in utterances if u.kind in ("say", "wav")]
+    out = []
+    for i, u in enumerate(says):
+        if not u.unfinished:
+            continue
+        resume = says[i + 1].start_ms if i + 1 < len(says) else float("inf")
+        hit = next((s for s in agent if s.start_ms < resume and s.end_ms > u.end_ms), None)
+        if hit is not None:
+            out.append(Segment(max(hit.start_ms, u.end_ms), min(hit.end_ms, resume), "cut-off"))
+    return out
 
 
 def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:
@@ -211,13 +246,13 @@ def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:
 async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], CallerLeg], *, model: str,
                          transport: str, concurrency: int, out_dir: Path, summary_of: SummaryLookup,
                          cache_dir: Path | None = None, stagger_ms: int = 150,
-                         marks: EarMarkCheck | None = None) -> RunRecord:
+                         marks: EarMarkCheck | None = None, progress: Progress | None = None) -> RunRecord:
     run = RunRecord(run_id=time.strftime("run-%Y%m%d-%H%M%S"), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     description={"model": model, "transport": transport, "concurrency": concurrency,
                                  "scenarios": [s.name for s in scenarios]})
     rendered = [await render_audio(s, cache_dir) for s in scenarios]
     gate = asyncio.Semaphore(max(1, concurrency))
-    artifacts_lock = asyncio.Lock()  # one timeline at a time (matplotlib is not thread-safe)
+    artifacts_lock = asyncio.Lock()  # one call's files at a time
     results: list[CallRecord | None] = [None] * len(scenarios)
 
     async def one(i: int, scenario: Scenario) -> None:
@@ -225,27 +260,35 @@ async def run_simulation(scenarios: list[Scenario], leg_factory: Callable[[], Ca
         async with gate:
             leg = leg_factory()
             call_id = f"{i + 1:03d}-{scenario.name}"
-            _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: calling over {leg.description}")
+            event(log, "sim.call_started", scenario=scenario.name, leg=leg.description)
+            if progress is not None:
+                progress.started(i, scenario.name)
             record = await simulate_call(scenario, leg, rendered[i], call_id, model, transport, summary_of, marks)
             results[i] = record
-            # rendering the timeline takes a few hundred ms: off the event loop, where other calls run
+            # the timeline is drawn once no call is live (below): matplotlib's import and drawing hold
+            # the GIL for hundreds of ms, which stalled the other calls' audio past the playout's
+            # max_late_ms (their packets were dropped: a gap at the ear, e.g. at a scripted cut-in)
             async with artifacts_lock:
-                artifacts = await asyncio.to_thread(write_call_artifacts, out_dir, record)
+                artifacts = await asyncio.to_thread(write_call_artifacts, out_dir, record, False)
                 if marks is not None:
                     signed = await asyncio.to_thread(marks.write_record, artifacts.folder, record)
                     record.provenance = signed.name if signed is not None else None
-            verdict = "PASS" if record.passed else "FAIL"
-            failed = [f"{e.name} (got {e.actual})" for e in record.expectations if not e.ok]
-            detail = f" error: {record.error}" if record.error else ""
-            detail += f" failed: {', '.join(failed)}" if failed else ""
-            _progress(f"[{i + 1}/{len(scenarios)}] {scenario.name}: {verdict} in {record.duration_ms / 1000:.1f} s"
-                      f"{detail}")
+            event(log, "sim.call_finished", scenario=scenario.name, passed=record.passed,
+                  duration_ms=record.duration_ms, error=record.error,
+                  failed=[e.name for e in record.expectations if not e.ok])
+            if progress is not None:
+                progress.finished(i, record)
 
     await asyncio.gather(*(one(i, s) for i, s in enumerate(scenarios)))
     run.calls = [r for r in results if r is not None]
+    await asyncio.to_thread(write_timelines, out_dir, run.calls)
     write_run_report(out_dir, run)
     return run
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def write_timelines(out_dir: Path, calls: list[CallRecord]) -> None:
+    """Each call's timeline.png, drawn after the calls (see ``run_simulation``)."""
+    from agent.timeline import write_timeline_png  # matplotlib is imported only when drawing
+
+    for call in calls:
+        write_timeline_png(Path(out_dir) / call.call_id / "timeline.png", call)

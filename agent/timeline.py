@@ -12,6 +12,7 @@ thread) and written atomically.
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,11 @@ LANES = ("caller", "agent", "VAD", "DTMF")
 LANE_COLORS = {"caller": "tab:blue", "agent": "tab:purple", "VAD": "tab:gray", "DTMF": "tab:olive"}
 WAVE_BINS = 3000
 FIG_WIDTH_IN = 14.0
+FIG_HEIGHT_IN = 6.5
 DPI = 100
+TITLE_FONT_PT = 10
+TITLE_CHARS = 150  # per title line: wider text (capitals) still fits 14 in at 10 pt
+TITLE_MAX_LINES = 6
 
 
 def _bars(ax: Axes, lane: int, spans: list[tuple[float, float]], color: str) -> None:
@@ -73,6 +78,12 @@ def _draw_lanes(ax: Axes, call: CallRecord, end_s: float) -> None:
         if b.stop_latency_ms is not None:
             ax.text(stop / 1000.0, len(LANES) - 0.45, f" {b.stop_latency_ms:.0f} ms", fontsize=7,
                     color="tab:orange", va="bottom")
+    for i, c in enumerate(call.cut_offs):
+        ax.axvspan(c.start_ms / 1000.0, c.end_ms / 1000.0, color="tab:red", alpha=0.35,
+                   label="cut-off (agent in the caller's pause)" if i == 0 else None)
+    if call.false_starts:
+        ax.text(0.0, len(LANES) - 0.45, f"false starts: {call.false_starts}", fontsize=7, color="tab:red",
+                va="bottom")
     for i, f in enumerate(call.false_interruptions):
         ax.axvline(f.at_ms / 1000.0, color="tab:red", linewidth=1.5, label="false interruption" if i == 0 else None)
     for t in call.turns:
@@ -101,11 +112,29 @@ def _draw_wave(ax: Axes, samples: Int16Array, sample_rate: int, label: str, colo
     ax.grid(axis="x", alpha=0.3)
 
 
-def render_timeline_png(call: CallRecord) -> bytes:
-    """The timeline picture of ``call`` as PNG bytes."""
+def title_lines(call: CallRecord) -> list[str]:
+    """The picture's title, wrapped to the figure's width (model descriptions are long)."""
+    m = call.metrics()
+    lat = m["response_latency_ms"]
+    status = "PASS" if call.passed else ("ERROR: " + call.error if call.error else "FAIL")
+    latency = f"response latency max {max(lat):.0f} ms" if lat else "no measured reply"
+    paragraphs = [
+        f"{call.call_id} — {call.scenario} over {call.transport} — {status}",
+        f"agent turns {m['agent_turns']}, {latency}, barge-ins {m['barge_ins']}, "
+        f"false interruptions {m['false_interruptions']}",
+        f"model: {call.model}",
+    ]
+    lines: list[str] = []
+    for text in paragraphs:
+        lines += textwrap.wrap(text, TITLE_CHARS, break_long_words=True) or [""]
+    return lines[:TITLE_MAX_LINES]
+
+
+def timeline_figure(call: CallRecord) -> Figure:
+    """The timeline picture of ``call`` as a matplotlib Figure (Agg canvas attached)."""
     audio_s = max(call.caller_audio.size, call.heard_audio.size) / call.sample_rate
     end_s = max(call.duration_ms / 1000.0, audio_s, 1.0)
-    fig = Figure(figsize=(FIG_WIDTH_IN, 6.5), dpi=DPI)
+    fig = Figure(figsize=(FIG_WIDTH_IN, FIG_HEIGHT_IN), dpi=DPI)
     FigureCanvasAgg(fig)
     lanes_ax, caller_ax, heard_ax = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1, 1]})
     _draw_lanes(lanes_ax, call, end_s)
@@ -113,19 +142,16 @@ def render_timeline_png(call: CallRecord) -> bytes:
     _draw_wave(heard_ax, call.heard_audio, call.sample_rate, "caller heard", "tab:purple")
     heard_ax.set_xlim(0.0, end_s)
     heard_ax.set_xlabel("time from call start (s)")
-    m = call.metrics()
-    lat = m["response_latency_ms"]
-    status = "PASS" if call.passed else ("ERROR: " + call.error if call.error else "FAIL")
-    latency = f"response latency max {max(lat):.0f} ms" if lat else "no measured reply"
-    fig.suptitle(
-        f"{call.call_id} — {call.scenario} — {call.model} over {call.transport} — {status}\n"
-        f"agent turns {m['agent_turns']}, {latency}, barge-ins {m['barge_ins']}, "
-        f"false interruptions {m['false_interruptions']}",
-        fontsize=10,
-    )
-    fig.tight_layout()
+    lines = title_lines(call)
+    fig.suptitle("\n".join(lines), fontsize=TITLE_FONT_PT, y=0.995, va="top")
+    fig.tight_layout()  # makes room for the suptitle
+    return fig
+
+
+def render_timeline_png(call: CallRecord) -> bytes:
+    """The timeline picture of ``call`` as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    timeline_figure(call).savefig(buf, format="png")
     return buf.getvalue()
 
 

@@ -92,8 +92,10 @@ def media_preferences(settings: SipSettings) -> MediaPreferences:
 
 class SipGateway:
     def __init__(self, calls: CallManager, settings: SipSettings, metrics: Metrics | None = None, *,
-                 answer_delay_s: float = 0.0) -> None:
-        """``answer_delay_s``: ring (180) this long before answering; 0 answers at once."""
+                 answer_delay_s: float = 0.0, jitter_buffer_ms: int = 60) -> None:
+        """``answer_delay_s``: ring (180) this long before answering; 0 answers at once.
+        ``jitter_buffer_ms``: the calls' receive jitter buffer (``audio.jitter_buffer_ms``)."""
+        self.jitter_buffer_ms = jitter_buffer_ms
         self.calls = calls
         self.answer_delay_s = answer_delay_s
         self.settings = settings
@@ -327,7 +329,8 @@ class SipGateway:
             transport[0].dtmf_received(digit, duration_ms)
 
         callbacks = MediaCallbacks(on_audio, on_dtmf, lambda: self._rtp_timeout(call.call_id), self._count_rtp_bad)
-        call.media = CallMedia(call.sock, negotiated, callbacks, rtp_timeout_s=self.settings.rtp_timeout_s)
+        call.media = CallMedia(call.sock, negotiated, callbacks, rtp_timeout_s=self.settings.rtp_timeout_s,
+                               jitter_buffer_ms=self.jitter_buffer_ms)
         call.transport = SipCallTransport(call.agent_call_id, call.media, self._agent_hung_up)
         transport.append(call.transport)
 

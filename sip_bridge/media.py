@@ -166,14 +166,16 @@ class MediaCallbacks:
 class CallMedia:
     def __init__(self, sock: RtpSocket, negotiated: NegotiatedMedia, callbacks: MediaCallbacks, *,
                  rtp_timeout_s: float = 30.0, transport_rate: int | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, jitter_buffer_ms: int = 60) -> None:
+        """``jitter_buffer_ms`` (``audio.jitter_buffer_ms``): how long a packet ahead of a gap waits
+        for the missing one before the gap is declared lost."""
         self.sock = sock
         self.callbacks = callbacks
         self.rtp_timeout_s = rtp_timeout_s
         self._loop = asyncio.get_running_loop()
         self._clock = clock or self._loop.time
         self.stats: Counter[str] = Counter()
-        self.jitter = JitterBuffer()
+        self.jitter = JitterBuffer(max_wait_ms=jitter_buffer_ms)
         self.writer = RtpStreamWriter()
         self.negotiated = negotiated
         self.codec: AudioCodec = make_codec(negotiated.codec)

@@ -187,7 +187,7 @@ async def start_test_gateway(runtime: Runtime, *, host: str = "127.0.0.1"
 
     sip = dataclasses.replace(runtime.settings.sip, enabled=True, listen_host=host, listen_port=0,
                               advertised_address="", trusted_sources=(f"{host}/32",), registrar="")
-    gateway = SipGateway(runtime.calls, sip, Metrics())
+    gateway = SipGateway(runtime.calls, sip, Metrics(), jitter_buffer_ms=runtime.settings.audio.jitter_buffer_ms)
     await gateway.start()
     bound_host, port = gateway.local_address
 

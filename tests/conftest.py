@@ -11,10 +11,18 @@ FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 TINY_DIR = FIXTURES_DIR / "lfm2-audio-tiny"
 
 
+KINDS = ("unit", "parity", "integration")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test gets its folder's marker, unless it carries one itself: a test in tests/unit that
+    needs a peer program (espeak-ng, sox, ...) is marked ``integration``, so that ``-m unit`` runs on
+    Python packages alone (scripts/setup.sh --minimal)."""
     for item in items:
+        if any(item.get_closest_marker(kind) is not None for kind in KINDS):
+            continue
         parts = Path(str(item.fspath)).parts
-        for marker in ("unit", "parity", "integration"):
+        for marker in KINDS:
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
 

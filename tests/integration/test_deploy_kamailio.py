@@ -127,7 +127,7 @@ class Node:
             "http.host": "127.0.0.1", "http.port": str(self.http_port),
             "server.max_calls": str(MAX_CALLS), "server.drain_timeout_s": str(DRAIN_TIMEOUT_S), "logging.format": "text",
         }
-        argv = [sys.executable, "-m", "agent.cli", "serve", "--config", str(PROFILE)]
+        argv = [sys.executable, "-m", "agent.cli", "serve", "--config", str(PROFILE), "--allow-tiny-model"]
         for key, value in sets.items():
             argv += ["--set", f"{key}={value}"]
         with self.log_path.open("wb") as sink:

@@ -99,6 +99,7 @@ async def test_page_and_static_files(open_client: Any) -> None:
     assert resp.status == 200
     html = await resp.text()
     assert '<audio id="remote"' in html and "/static/app.js" in html
+    assert '<span id="model">fake model</span>' in html  # the call page names the model in use
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     js = await client.get("/static/app.js")
     assert js.status == 200 and "getUserMedia" in await js.text()

@@ -57,7 +57,7 @@ def test_serve_starts_reports_health_and_drains_on_sigterm(tiny_checkpoint_dir: 
         "server": {"max_calls": 3, "drain_timeout_s": 5}}))
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
-        proc = subprocess.Popen(lfm_call("serve", "--config", str(profile)), stdout=sink, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(lfm_call("serve", "--config", str(profile), "--allow-tiny-model"), stdout=sink, stderr=subprocess.STDOUT,
                                 env=env(), cwd=REPO)
         try:
             deadline = time.monotonic() + 60

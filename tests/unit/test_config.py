@@ -109,3 +109,12 @@ def test_wildcard_sip_listen_address_needs_an_advertised_address(tmp_path: Path)
     ok = load_settings(write(tmp_path, "sip: {enabled: true, listen_host: 0.0.0.0, advertised_address: 10.0.0.5}\n"),
                        environ={})
     assert ok.sip.advertised_address == "10.0.0.5"
+
+
+def test_packet_ms_is_fixed_at_20() -> None:
+    """Every transport paces 20 ms packets: another audio.packet_ms is refused, not silently ignored."""
+    from config.loader import ConfigError, load_settings, parse_override
+
+    assert load_settings(None, environ={}).audio.packet_ms == 20
+    with pytest.raises(ConfigError, match="packet_ms"):
+        load_settings(None, environ={}, overrides=[parse_override("audio.packet_ms=40")])

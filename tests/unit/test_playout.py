@@ -260,3 +260,22 @@ def test_a_report_that_never_comes_does_not_keep_the_agent_speaking() -> None:
     assert playout.pull(1000).events == []
     late = playout.pull(60 + SETTINGS.output_latency_ms + SETTINGS.packet_ms + SETTINGS.report_grace_ms).events
     assert isinstance(late[0], AgentAudioFinished) and late[0].played_ms == 40
+
+
+def test_dropped_audio_is_counted_for_the_metric() -> None:
+    """Late packets and stale frames reach lfmcall_dropped_frames_total through the call's summary."""
+    from agent.metrics import Metrics
+    from agent.session import CallSummary
+
+    playout = Playout(SETTINGS)
+    for i in range(10):
+        playout.push(chunk(i), epoch=1, step_index=i)
+    playout.pull(0)
+    playout.pull(500)  # slots 20..280 are more than 200 ms overdue
+    playout.push(chunk(0), epoch=0, step_index=0)  # an older epoch's chunk: dropped on arrival
+    assert playout.dropped_counts() == {"playout_late_packet": 14, "playout_stale_frame": 1}
+    metrics = Metrics()
+    metrics.observe_call(CallSummary(call_id="c", started_at=0.0, dropped_frames=playout.dropped_counts()), "sip")
+    text = metrics.render().decode()
+    assert 'lfmcall_dropped_frames_total{where="playout_late_packet"} 14.0' in text
+    assert 'lfmcall_dropped_frames_total{where="playout_stale_frame"} 1.0' in text

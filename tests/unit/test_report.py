@@ -185,3 +185,24 @@ def test_timeline_of_empty_call() -> None:
     call = CallRecord(call_id="empty", scenario="greeting", model="m", transport="t")
     assert _png_size(render_timeline_png(call)) == (1400, 650)
     assert "# empty" in transcript_text(call)
+
+
+def test_timeline_title_stays_inside_the_picture() -> None:
+    """A long model description (the offline tiny model's) wraps instead of running off the image,
+    and the title does not overlap the lanes."""
+    from agent.timeline import timeline_figure
+
+    call = make_call()
+    call.model = ("OFFLINE TINY MODEL (random weights, words are noise) at /root/.cache/lfm-call/tiny-demo-v2-"
+                  "seed0; LiquidAI/LFM2.5-Audio-1.5B is not on this machine (get it with: /work/x/.venv/bin/hf "
+                  "download LiquidAI/LFM2.5-Audio-1.5B); audio decoder: detokenizer")
+    fig = timeline_figure(call)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    title = fig.get_suptitle()
+    assert "OFFLINE TINY MODEL" in title and "detokenizer" in title
+    box = fig._suptitle.get_window_extent(renderer)  # type: ignore[union-attr]
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox)
+    assert box.y0 >= 0 and box.y1 <= fig.bbox.height, (box, fig.bbox)
+    lanes = fig.axes[0].get_tightbbox(renderer)
+    assert lanes is not None and lanes.y1 <= box.y0 + 1, (lanes, box)

@@ -282,3 +282,15 @@ def test_pacer_drains_a_backlog_through_silence_but_keeps_speech() -> None:
         pacer.take()
     pacer.enqueue(-2, droppable=True)  # one waits: below the mark, silence is kept (no gap)
     assert pacer.queued == 2 and pacer.take() == 5 and pacer.take() == -2
+
+
+async def test_media_jitter_buffer_waits_as_configured() -> None:
+    """audio.jitter_buffer_ms reaches the RTP receive jitter buffer (via SipGateway -> CallMedia)."""
+    fake = FakeDatagramTransport()
+    sock = RtpSocket(fake, _RtpProtocol(), 31002)  # type: ignore[arg-type]
+    callbacks = MediaCallbacks(lambda a: None, lambda d, ms: None, lambda: None, lambda k: None)
+    negotiated = NegotiatedMedia(Codec(0, "PCMU", 8000), None, ("127.0.0.1", 40000), 40001, 20, Direction.SENDRECV)
+    media = CallMedia(sock, negotiated, callbacks, clock=Clock(), jitter_buffer_ms=140)
+    assert media.jitter.max_wait_s == 0.14
+    assert CallMedia(RtpSocket(fake, _RtpProtocol(), 31004), negotiated, callbacks,  # type: ignore[arg-type]
+                     clock=Clock()).jitter.max_wait_s == 0.06
