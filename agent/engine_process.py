@@ -247,6 +247,7 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     from agent.commands import choice_is_tiny, engine_settings, load_choice
     from agent.errors import CliError
     from model.engine import Engine
+    from model.errors import CheckpointError
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -255,13 +256,15 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     sys.setswitchinterval(0.0005)
     try:
         loaded = load_choice(settings.model, choice)
-    except CliError as exc:  # a clear message (missing files, bad checkpoint): no traceback
+        tiny = choice_is_tiny(loaded)
+        engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
+    except Exception as exc:  # e.g. a checkpoint error: the call process says why, no traceback here
+        message = str(exc) if isinstance(exc, (CheckpointError, CliError, OSError)) else \
+            f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError):
-            sock.sendall(wire.failed(str(exc)))
+            sock.sendall(wire.failed(message))
         sock.close()
-        raise SystemExit(2) from None
-    tiny = choice_is_tiny(loaded)
-    engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
+        raise SystemExit(1) from None
     info = {"description": choice.description, "device": str(loaded.device), "dtype": str(loaded.dtype),
             "decoder": loaded.decoder.name if loaded.decoder is not None else "none", "tiny": tiny}
     asyncio.run(_EngineHost(sock, engine, info).run())
@@ -456,9 +459,7 @@ class EngineProcessClient:
                     bodies = frames.push(data) if data else []
                     if bodies:
                         if bodies[0][:1] == bytes([wire.FAILED]):
-                            from agent.errors import CliError
-
-                            raise CliError(wire.decode_failed(bodies[0]))
+                            raise EngineStartError(wire.decode_failed(bodies[0]))
                         if bodies[0][:1] != bytes([wire.READY]):
                             raise EngineStartError(f"the engine process sent kind {bodies[0][:1]!r} before READY")
                         self._ready(bodies[0])

@@ -7,8 +7,8 @@ UTF-8), ``p`` float32 samples (u32 count + raw), ``c`` codes (u8 count + int32 e
 is 5 KB per 80 ms (1280 float32), agent audio 7.7 KB (1920 float32). Nothing is pickled.
 
 Besides the engine_api values, four control frames: STOP (call process -> engine: exit),
-READY (engine -> call process: its pid and what it loaded, JSON), FAILED (the engine could not
-start: why, as text) and STATS (engine -> call
+READY (engine -> call process: its pid and what it loaded, JSON), FAILED (engine -> call process,
+instead of READY: why it could not start, e.g. a checkpoint error, UTF-8) and STATS (engine -> call
 process every 200 ms: step count, open calls, frames its bounded queue refused, new step times).
 A malformed frame raises ``WireError``.
 """
@@ -178,6 +178,14 @@ def ready(pid: int, info: dict[str, Any]) -> bytes:
     return frame(bytes([READY]) + _U32.pack(pid) + json.dumps(info).encode("utf-8"))
 
 
+def failed(message: str) -> bytes:
+    return frame(bytes([FAILED]) + message.encode("utf-8"))
+
+
+def decode_failed(body: bytes) -> str:
+    return bytes(body[1:]).decode("utf-8", errors="replace")
+
+
 def decode_ready(body: bytes) -> tuple[int, dict[str, Any]]:
     r = _Reader(body)
     r.take(1)
@@ -189,15 +197,6 @@ def decode_ready(body: bytes) -> tuple[int, dict[str, Any]]:
     if not isinstance(info, dict):
         raise WireError("READY info is not an object")
     return pid, info
-
-
-def failed(message: str) -> bytes:
-    """The engine could not start (e.g. the model does not load): the message says why."""
-    return frame(bytes([FAILED]) + message.encode("utf-8"))
-
-
-def decode_failed(body: bytes) -> str:
-    return body[1:].decode("utf-8", "replace")
 
 
 def stats(steps: int, calls: int, refused: int, step_seconds: list[float]) -> bytes:
