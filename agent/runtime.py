@@ -74,13 +74,13 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     from agent.engine_process import EngineProcessClient, EngineStartError, InThreadEngine, StepBudget
 
     engine: EngineHost
+    # Any other thread here (the in-thread engine's worker, torch or library threads) holds the GIL
+    # for its Python work; with the default 5 ms switch interval every GIL hand-back to the event loop
+    # (each numpy call in the audio path) can wait that long. 0.5 ms keeps the loop live.
+    sys.setswitchinterval(0.0005)
     if loaded is not None:
         from model.engine import Engine
 
-        # The engine's worker thread holds the GIL for its Python work between tensor ops; with the
-        # default 5 ms switch interval every GIL hand-back to the event loop (each numpy call in the
-        # audio path) can wait that long, stalling calls by hundreds of ms. 0.5 ms keeps the loop live.
-        sys.setswitchinterval(0.0005)
         choice = choice or ModelChoice(Path("."), "a model loaded by the caller", False)
         tiny = choice_is_tiny(loaded)
         engine = InThreadEngine(Engine(loaded, engine_settings(settings.model, tiny,
