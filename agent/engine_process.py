@@ -39,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -244,13 +245,26 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     import torch
 
     from agent.commands import choice_is_tiny, engine_settings, load_choice
+    from agent.errors import CliError
     from model.engine import Engine
+    from model.errors import CheckpointError
 
     if threads > 0:
         torch.set_num_threads(threads)
-    loaded = load_choice(settings.model, choice)
-    tiny = choice_is_tiny(loaded)
-    engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
+    # the engine's worker thread holds the GIL between tensor ops; this process's event loop (the
+    # socket) must get it back quickly, or every event and command waits up to the 5 ms default
+    sys.setswitchinterval(0.0005)
+    try:
+        loaded = load_choice(settings.model, choice)
+        tiny = choice_is_tiny(loaded)
+        engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
+    except Exception as exc:  # e.g. a checkpoint error: the call process says why, no traceback here
+        message = str(exc) if isinstance(exc, (CheckpointError, CliError, OSError)) else \
+            f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            sock.sendall(wire.failed(message))
+        sock.close()
+        raise SystemExit(1) from None
     info = {"description": choice.description, "device": str(loaded.device), "dtype": str(loaded.dtype),
             "decoder": loaded.decoder.name if loaded.decoder is not None else "none", "tiny": tiny}
     asyncio.run(_EngineHost(sock, engine, info).run())
@@ -444,6 +458,8 @@ class EngineProcessClient:
                     data = sock.recv(1 << 16)
                     bodies = frames.push(data) if data else []
                     if bodies:
+                        if bodies[0][:1] == bytes([wire.FAILED]):
+                            raise EngineStartError(wire.decode_failed(bodies[0]))
                         if bodies[0][:1] != bytes([wire.READY]):
                             raise EngineStartError(f"the engine process sent kind {bodies[0][:1]!r} before READY")
                         self._ready(bodies[0])
@@ -598,6 +614,9 @@ class EngineProcessClient:
         try:
             if kind == wire.READY:
                 self._ready(body)
+                return
+            if kind == wire.FAILED:  # a restart that cannot load the model: it exits, we retry with backoff
+                event(log, "engine.start_failed", logging.ERROR, message=wire.decode_failed(body)[:500])
                 return
             if kind == wire.STATS:
                 steps, calls, refused, times = wire.decode_stats(body)

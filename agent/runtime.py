@@ -17,6 +17,7 @@ import numpy as np
 from agent.calls import CallManager
 from agent.commands import choice_is_tiny, choose_for_settings, engine_settings
 from agent.engine_process import EngineHost
+from agent.errors import CliError
 from agent.model_choice import ModelChoice
 from agent.session import SessionOptions
 from agent.vad import EnergyVad, SileroVad, VoiceDetector
@@ -76,18 +77,18 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     (``agent.engine_process``); given an already `loaded` model (tests, benchmarks), the engine
     runs in a thread of this process instead.
     """
-    from agent.engine_process import EngineProcessClient, InThreadEngine, StepBudget
+    from agent.engine_process import EngineProcessClient, EngineStartError, InThreadEngine, StepBudget
 
     # the signing key is read (or made) before anything starts: a key that cannot be used fails here
     recordings = call_recordings(settings, lambda: runtime.model_label) if settings.server.record_dir else None
     engine: EngineHost
+    # Any other thread here (the in-thread engine's worker, torch or library threads) holds the GIL
+    # for its Python work; with the default 5 ms switch interval every GIL hand-back to the event loop
+    # (each numpy call in the audio path) can wait that long. 0.5 ms keeps the loop live.
+    sys.setswitchinterval(0.0005)
     if loaded is not None:
         from model.engine import Engine
 
-        # The engine's worker thread holds the GIL for its Python work between tensor ops; with the
-        # default 5 ms switch interval every GIL hand-back to the event loop (each numpy call in the
-        # audio path) can wait that long, stalling calls by hundreds of ms. 0.5 ms keeps the loop live.
-        sys.setswitchinterval(0.0005)
         choice = choice or ModelChoice(Path("."), "a model loaded by the caller", False)
         tiny = choice_is_tiny(loaded)
         engine = InThreadEngine(Engine(loaded, engine_settings(settings.model, tiny,
@@ -97,7 +98,10 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
         choice = choice or choose_for_settings(settings.model)
         engine = EngineProcessClient(settings, choice, slots=settings.server.max_calls,
                                      budget=StepBudget(margin=settings.server.admission_step_margin))
-    engine.start()
+    try:
+        engine.start()
+    except EngineStartError as exc:
+        raise CliError(f"the engine could not start: {exc}") from None
     if engine.model_info.get("tiny", loaded is not None and choice_is_tiny(loaded)):
         print(f"model: tiny model: replies capped at {settings.model.tiny_max_reply_ms} ms "
               "(model.tiny_max_reply_ms)", file=sys.stderr)

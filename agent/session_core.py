@@ -31,6 +31,9 @@ caller speaking        EndOfTurnPredicted          Respond early; playout held (
 early answer held      TurnContinued / DTMF        Retract; pause audio fed; new epoch
 early answer held      EndOfTurn                   playout resumed: the held answer plays
 caller speaking        EndOfTurn                   Respond(request=new epoch)
+caller speaking        EndOfTurn(speculative)      Respond; it plays, still withdrawable
+speculative answer     TurnContinued(false_start)  FlushOutput; Retract; the caller's turn goes on
+speculative answer     TurnConfirmed               the answer stays (keys now interrupt it)
 agent speaking         InterruptionSuspected       playout held, PauseOutput (nothing dropped)
 held by suspicion      FalseInterruption           playout resumed, ResumeOutput
 agent speaking/held    BargeIn                     FlushOutput; Interrupt(played frames); epoch+1
@@ -46,13 +49,11 @@ any                    transport_lost              HangUp + Ended("transport los
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,15 +93,12 @@ from agent.events import (
 )
 from agent.framer import Packetizer
 from agent.log import event
-from agent.playout import BargeInCoordinator, Interruption, Playout, PlayoutSettings
+from agent.playout import BargeInCoordinator, Interruption, Playout
 from agent.resample import StreamingResampler
+from agent.session_record import BargeInMetrics, CallSummary, SessionOptions, TurnMetrics
 from agent.transport import Int16Array
-from agent.turn_end import TurnEndDetector, policy_from_settings
-from agent.turn_taking import TurnState, TurnTaking, TurnTakingSettings
-from agent.vad import VadSettings as TrackerSettings
+from agent.turn_taking import TurnState, TurnTaking
 from agent.vad import VadState, VadTracker, VoiceDetector
-from agent.watermark import CallWatermark, MarkOptions
-from config.schema import Settings
 
 log = logging.getLogger("agent.session")
 
@@ -158,98 +156,8 @@ class Ended:
 Action = SendAudio | ToEngine | PauseOutput | ResumeOutput | FlushOutput | HangUp | Ended
 
 
-# -- the call's record ------------------------------------------------------------------------------
-
-
-@dataclass
-class TurnMetrics:
-    """One agent reply as the session saw it (ms from call start, wall clock)."""
-
-    epoch: int
-    speech_ended_ms: int | None
-    end_of_turn_ms: int | None
-    first_audio_sent_ms: int | None = None
-    text_generated: str = ""
-    text_heard: str = ""
-    frames_heard: int = 0
-    interrupted: bool = False
-
-    @property
-    def response_latency_ms(self) -> int | None:
-        if self.speech_ended_ms is None or self.first_audio_sent_ms is None:
-            return None
-        return self.first_audio_sent_ms - self.speech_ended_ms
-
-
-@dataclass
-class BargeInMetrics:
-    speech_started_ms: int
-    detected_ms: int
-    stopped_ms: int  # when the agent's audio stopped leaving (held at suspicion, or cleared)
-    played_frames: int = 0
-
-
-@dataclass
-class CallSummary:
-    call_id: str
-    started_at: float
-    external_id: str = ""  # the transport's own id of the call (e.g. the SIP Call-ID)
-    duration_ms: int = 0
-    turns: list[TurnMetrics] = field(default_factory=list)
-    barge_ins: list[BargeInMetrics] = field(default_factory=list)
-    ignored_interruptions: int = 0
-    end_of_turns: list[int] = field(default_factory=list)
-    vad_segments: list[tuple[int, int]] = field(default_factory=list)
-    dtmf: str = ""
-    ended_by: str = ""
-    error: str | None = None
-    engine_errors: int = 0
-    engine_rejections: int = 0  # commands the engine could not take (queue full): counted, the call goes on
-    withdrawn_answers: int = 0  # answers started early, withdrawn because the caller only paused
-    false_starts: int = 0  # answers released speculatively, withdrawn because the caller went on
-    dropped_frames: dict[str, int] = field(default_factory=dict)  # agent audio never sent, by where
-    mark: CallWatermark | None = None  # what the agent's audio was watermarked with (agent.watermark)
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    greeting: str = ""
-    echo_gate: bool = True
-    feed_cleaned_audio: bool = True  # the engine hears the echo gate's output, not the raw line
-    speech_preroll_ms: int = 240
-    dtmf_end_of_input_ms: int = 1500
-    turn: TurnTakingSettings = field(default_factory=TurnTakingSettings)
-    vad: TrackerSettings = field(default_factory=TrackerSettings)
-    playout: PlayoutSettings = field(default_factory=PlayoutSettings)
-    mark: MarkOptions = field(default_factory=MarkOptions)
-    turn_end: Callable[[], TurnEndDetector] | None = None  # a fresh end-of-turn policy per call
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SessionOptions:
-        t, v = settings.turn, settings.vad
-        return cls(
-            greeting=settings.model.greeting,
-            echo_gate=t.echo_gate,
-            speech_preroll_ms=t.speech_preroll_ms,
-            dtmf_end_of_input_ms=t.dtmf_end_of_input_ms,
-            turn=TurnTakingSettings(
-                end_of_turn_silence_ms=t.end_of_turn_silence_ms,
-                barge_in_min_speech_ms=t.barge_in_min_speech_ms,
-                false_interruption_timeout_ms=t.false_interruption_timeout_ms,
-                max_turn_ms=t.max_turn_ms,
-                response_timeout_ms=t.response_timeout_ms,
-                early_response_silence_ms=t.early_response_silence_ms,
-                speculative_window_ms=settings.endpointing.speculative_window_ms,
-                barge_in_word_ms=t.barge_in_word_ms,
-                backchannel_max_ms=t.backchannel_max_ms,
-            ),
-            turn_end=functools.partial(policy_from_settings, settings),
-            vad=TrackerSettings(start_threshold=v.start_threshold, stop_threshold=v.stop_threshold,
-                                start_ms=v.start_ms, stop_ms=v.stop_ms),
-            playout=PlayoutSettings(sample_rate=MODEL_OUTPUT_RATE, packet_ms=settings.audio.packet_ms,
-                                    output_latency_ms=settings.audio.output_latency_ms),
-            mark=MarkOptions.from_settings(settings),
-        )
+__all__ = ["Action", "BargeInMetrics", "CallSummary", "Ended", "FlushOutput", "HangUp", "PauseOutput",
+           "ResumeOutput", "SendAudio", "SessionCore", "SessionOptions", "ToEngine", "TurnMetrics"]
 
 
 class SessionCore:
@@ -422,7 +330,9 @@ class SessionCore:
             self._track_vad(vad_event)
             at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
-        self.turns.audio(to_engine if self.gate is not None else pcm, self.vad.state is VadState.SPEAKING, tt)
+        # the caller's own audio, not the echo gate's output (which zeroes quiet blocks and so breaks the
+        # contour's fade and the backchannel judge's spectra), with the VAD's state decided on the gated audio
+        self.turns.audio(pcm, self.vad.state is VadState.SPEAKING, tt)
         self._act(self.turns.tick(tt), now)
         if self._feeding and start >= self._fed_until:  # (feeding that started just now took this packet)
             self._feed(to_engine)
@@ -509,7 +419,7 @@ class SessionCore:
                 metrics.end_of_turn_ms = ev.at_ms
                 self.summary.end_of_turns.append(ev.at_ms)
                 event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=metrics.epoch,
-                      reason=ev.reason.value)
+                      reason=ev.reason.value, required_silence_ms=self.turns.detector.required_silence_ms(ev.at_ms))
             elif isinstance(ev, InterruptionSuspected):
                 self.playout.hold()
                 self._actions.append(PauseOutput())  # held, not discarded: it may be a cough

@@ -34,7 +34,7 @@ RTP_CASES = 10000
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway(tiny_checkpoint_dir: Path) -> AsyncIterator[tuple[SipGateway, Runtime, Metrics]]:
     async with running_gateway(tiny_checkpoint_dir, trusted_sources=("127.0.0.1/32",)) as running:
-        running[1].calls.max_calls = 1000  # fuzzed INVITEs that happen to be valid may each hold a slot
+        running[1].calls.capacity.max_calls = 1000  # fuzzed INVITEs that happen to be valid may each hold a slot
         yield running
 
 

@@ -253,3 +253,36 @@ def test_the_engine_is_fed_the_line_once_and_in_order_from_the_preroll() -> None
     start = heard.size - 320 * 20 - 240 * 16  # speech_preroll_ms before the onset
     np.testing.assert_array_equal(fed, heard[start : start + fed.size])
     assert fed.size >= 320 * 16
+
+
+def _speculative_end(h: Harness) -> None:
+    from agent.events import EndOfTurn, EndOfTurnReason
+
+    h.core._act([EndOfTurn(h.now, h.now - 900, h.now - 500, 400, EndOfTurnReason.SILENCE, speculative=True)], h.now)
+    h.do(h.core._take())
+
+
+def test_speculative_end_of_turn_answers_at_once_and_a_false_start_withdraws_it() -> None:
+    from agent.events import TurnContinued
+
+    h = Harness(reply_frames=20)
+    h.silence(100)
+    _speculative_end(h)
+    assert len(h.commands(Respond)) == 1 and not h.core.playout.held  # it plays while still withdrawable
+    h.silence(200)
+    assert h.agent_packets()
+    h.core._act([TurnContinued(h.now, h.now, false_start=True)], h.now)
+    h.do(h.core._take())
+    assert h.count(FlushOutput) == 1 and h.commands(Retract)
+    assert h.core.summary.false_starts == 1 and h.core.summary.withdrawn_answers == 1 and not h.core.summary.turns
+
+
+def test_speculative_end_of_turn_confirmed_keeps_the_answer() -> None:
+    from agent.events import TurnConfirmed
+
+    h = Harness(reply_frames=8)
+    h.silence(100)
+    _speculative_end(h)
+    h.core._act([TurnConfirmed(h.now)], h.now)
+    h.do(h.core.dtmf("1", h.now))  # keys now stop the answer, they no longer withdraw it
+    assert not h.commands(Retract) and len(h.core.summary.turns) == 1

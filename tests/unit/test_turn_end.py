@@ -251,3 +251,31 @@ def test_window_off_means_no_speculation() -> None:
     assert ends and not ends[0].speculative
     tt.agent_audio_started(1400)
     assert tt.speech_started(1450, 1450)[-1].__class__.__name__ == "InterruptionSuspected"
+
+
+class RecordingDetectorForTest(FixedSilenceForTest):
+    """Test double: records what the session feeds the end-of-turn detector."""
+
+    def __init__(self, ms: int) -> None:
+        super().__init__(ms)
+        self.fed: list[tuple[np.ndarray, bool]] = []
+
+    def feed(self, pcm: np.ndarray, voiced: bool, now_ms: int) -> None:
+        self.fed.append((pcm, voiced))
+
+
+def test_the_session_feeds_the_detector_the_callers_own_int16_audio_with_the_vad_state() -> None:
+    from agent.session_core import SessionOptions
+    from tests.unit.session_harness import Harness
+
+    det = RecordingDetectorForTest(300)
+    h = Harness(SessionOptions(echo_gate=True, turn=TurnTakingSettings(end_of_turn_silence_ms=600),
+                               turn_end=lambda: det))
+    h.silence(200)
+    h.speak(400)
+    h.silence(500)
+    assert det.fed and all(p.dtype == np.int16 for p, _ in det.fed)
+    voiced = [p for p, v in det.fed if v]
+    assert voiced, "the VAD state never reached the detector"
+    assert max(int(np.abs(p).max()) for p in voiced) > 4000  # the caller's speech, not zeros
+    assert h.core.summary.end_of_turns  # and the detector's 300 ms ended the turn
