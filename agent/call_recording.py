@@ -35,7 +35,7 @@ import numpy as np
 
 from agent.call_marks import EarMarkCheck, session_marks
 from agent.log import event
-from agent.session_core import CallSummary
+from agent.session_record import CallSummary
 from agent.transport import Int16Array
 from agent.wavio import wav_header
 

@@ -13,7 +13,7 @@ import pytest
 from agent.call_marks import EarMarkCheck
 from agent.call_recording import CallRecorder, CallRecordings
 from agent.provenance import NodeSigner, record_path_for, verify_record
-from agent.session_core import CallSummary, TurnMetrics
+from agent.session_record import CallSummary, TurnMetrics
 from agent.watermark import MarkOptions
 from agent.wavio import read_wav_channels
 
