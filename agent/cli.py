@@ -168,7 +168,12 @@ def cmd_dial(args: argparse.Namespace) -> int:
             await gateway.stop()
             runtime.close()
 
-    return asyncio.run(dial())
+    from agent.provenance import ProvenanceError
+
+    try:
+        return asyncio.run(dial())
+    except ProvenanceError as exc:  # server.record_dir set with a signing key that cannot be used
+        raise CliError(f"cannot dial: {exc}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

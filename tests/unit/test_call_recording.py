@@ -148,3 +148,24 @@ def test_recording_counts_reach_metrics() -> None:
     assert metrics.recordings.labels("written")._value.get() == 3
     assert metrics.recordings.labels("failed")._value.get() == 1
     assert b'lfmcall_call_recordings_total{result="written"} 3.0' in metrics.render()
+
+
+def test_an_unusable_signing_key_fails_at_start(tmp_path: Path) -> None:
+    import dataclasses
+
+    from agent.provenance import ProvenanceError
+    from agent.runtime import call_recordings
+    from config.loader import load_settings
+
+    settings = load_settings(environ={}, overrides=[{"server": {"record_dir": str(tmp_path / "rec")},
+                                                     "provenance": {"signing_key_file": str(tmp_path / "none.pem")}}])
+    with pytest.raises(ProvenanceError, match="signing key file not found"):
+        call_recordings(settings, lambda: "m")
+    good = dataclasses.replace(settings, provenance=dataclasses.replace(settings.provenance, signing_key_file="",
+                                                                        signing_secret=_SECRET))
+    recordings = call_recordings(good, lambda: "model x")
+    assert recordings.folder == tmp_path / "rec" and recordings.model == "model x"
+    assert recordings.marks.signer is not None
+
+
+_SECRET = "u0chLXqJXsbnX3X7ZMd3+/2QVHgbVg6MRirs6bNq91g="  # a test key (base64 of 32 raw bytes)
