@@ -168,7 +168,7 @@ class CallerScript:
             if isinstance(step, SayStep):
                 text = step.text if step.text is not None else str(step.wav)
                 self.utterances.append(CallerUtterance("wav" if step.text is None else "say",
-                                                       self._started_ms, end_ms, text))
+                                                       self._started_ms, end_ms, text, step.unfinished))
             elif isinstance(step, DtmfStep):
                 self.utterances.append(CallerUtterance("dtmf", self._started_ms, end_ms, step.digits))
             self._playing = None

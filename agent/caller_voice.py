@@ -117,10 +117,10 @@ def check_voice(voice: str) -> None:
         raise CallerVoiceError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
 
 
-def _synthesise(binary: str, text: str, voice: str, rate_wpm: int) -> tuple[Int16Array, int]:
+def _synthesise(binary: str, text: str, voice: str, rate_wpm: int, ssml: bool = False) -> tuple[Int16Array, int]:
     with tempfile.TemporaryDirectory(prefix="lfmcall-espeak-") as tmp:
         out = Path(tmp) / "say.wav"
-        cmd = [binary, "-v", voice, "-s", str(rate_wpm), "-w", str(out), "--stdin"]
+        cmd = [binary, "-v", voice, "-s", str(rate_wpm), "-w", str(out), *(["-m"] if ssml else []), "--stdin"]
         try:
             done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=ESPEAK_TIMEOUT_S,
                                   check=False)
@@ -220,4 +220,42 @@ def render_step(step: SayStep | DtmfStep, caller: CallerConfig, sample_rate: int
     if step.wav is not None:
         return render_wav(step.wav, caller.volume_db, sample_rate)
     assert step.text is not None
+    if step.unfinished and step.continuation is not None:
+        return render_cut(step.text, step.continuation, caller.voice, caller.rate_wpm, caller.volume_db, sample_rate)
     return render_say(step.text, caller.voice, caller.rate_wpm, caller.volume_db, sample_rate, cache_dir)
+
+
+def render_ssml(ssml: str, voice: str = "en-us", rate_wpm: int = 160, sample_rate: int = 16000) -> Int16Array:
+    """Speak an SSML string (``<break time="800ms"/>`` pauses inside one utterance) with espeak-ng:
+    mono int16 at ``sample_rate`` at the nominal level, leading and trailing silence cut. Not cached
+    (the turn corpus tool renders each utterance once)."""
+    binary = espeak_binary()
+    check_voice(voice)
+    raw, raw_rate = _synthesise(binary, f"<speak>{ssml}</speak>", voice, rate_wpm, ssml=True)
+    audio = np.asarray(resample_offline(raw, raw_rate, sample_rate), dtype=np.int16)
+    return trim_silence(scale_to_level(audio, sample_rate, NOMINAL_SPEECH_LEVEL_DBFS), sample_rate)
+
+
+CUT_BREAK_MS = 1500
+
+
+def render_cut(text: str, continuation: str, voice: str = "en-us", rate_wpm: int = 160, volume_db: float = 0.0,
+               sample_rate: int = 16000) -> Int16Array:
+    """``text`` as the start of the sentence ``text continuation``: espeak-ng says the whole sentence
+    once with a break after ``text`` and the audio is cut there, so the words keep their
+    mid-sentence intonation (an unfinished scenario step)."""
+    whole = render_ssml(f'{text} <break time="{CUT_BREAK_MS}ms"/> {continuation}', voice, rate_wpm, sample_rate)
+    block = sample_rate // 100
+    n = whole.size // block
+    energy = (whole[: n * block].astype(np.float64).reshape(n, block) ** 2).mean(axis=1)
+    quiet = energy < (32768.0 ** 2) * 10 ** (-55.0 / 10)
+    need = CUT_BREAK_MS * 2 // 3 // 10  # 10 ms blocks of silence that make the break
+    run = 0
+    for i, q in enumerate(quiet):
+        run = run + 1 if q else 0
+        if run >= need:
+            cut = (i - run + 1) * block
+            part = trim_silence(whole[:cut], sample_rate)
+            gain = 10 ** (volume_db / 20)
+            return np.clip(np.round(part.astype(np.float64) * gain), -32768, 32767).astype(np.int16)
+    raise CallerVoiceError(f"espeak-ng made no break after {text!r}; cannot cut the sentence there")

@@ -1,8 +1,9 @@
 """CallManager: admits calls up to capacity, runs each in its own CallSession, drains on request.
 
-Every transport (SIP gateway, WebRTC server, simulator) hands an answered call to
-`CallManager.run_call(transport)`. Capacity (`server.max_calls`) and draining are decided here,
-once, so SIP (503), HTTP (503) and `/healthz` all report the same truth.
+Every transport (SIP gateway, WebRTC server, simulator) reserves a slot at the offer
+(`CallManager.reserve`, agent/capacity.py) and hands the answered call, with its reservation, to
+`CallManager.run_call(transport, reservation=...)`. Capacity (`server.max_calls`) and draining are
+decided there, once, so SIP (503, OPTIONS), HTTP (503) and `/healthz` all report the same truth.
 """
 
 from __future__ import annotations
@@ -15,23 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.capacity import CallRefused, Capacity, Reservation
+from agent.engine_api import EngineClient
 from agent.log import event
 from agent.session import CallSession, CallSummary, SessionOptions
 from agent.transport import CallTransport
 from agent.vad import VoiceDetector
 
+__all__ = ["CallCounters", "CallManager", "CallRefused"]
+
 if TYPE_CHECKING:
-    from model.engine import Engine
+    from agent.engine_process import EngineHost
 
 log = logging.getLogger(__name__)
-
-
-class CallRefused(Exception):
-    """No call can be taken now; `reason` is 'full' or 'draining'."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -41,19 +38,21 @@ class CallCounters:
     failed: int = 0
     refused_full: int = 0
     refused_draining: int = 0
+    refused_engine: int = 0  # the engine is restarting, or its step time leaves no room (overloaded)
+    ended_engine_lost: int = 0  # live calls ended because the engine process died
     by_result: dict[str, int] = field(default_factory=dict)
 
 
 class CallManager:
-    def __init__(self, engine: Engine, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
+    def __init__(self, engine: EngineHost, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
                  max_calls: int, instructions: str = "") -> None:
         """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's)."""
         self.engine = engine
+        self.client: EngineClient = engine  # an EngineHost: the engine process, or the engine in this process
         self.options = options
         self.detector_factory = detector_factory
-        self.max_calls = max_calls
+        self.capacity = Capacity(max_calls)
         self.instructions = instructions
-        self.draining = False
         self.active: dict[str, CallSession] = {}
         self.counters = CallCounters()
         self.summaries: list[CallSummary] = []
@@ -61,31 +60,79 @@ class CallManager:
         self._idle = asyncio.Event()
         self._idle.set()
         self.on_call_finished: list[Callable[[CallSummary], None]] = []
+        engine.on_lost.append(self._engine_lost)
+
+    def _engine_lost(self, message: str) -> None:
+        """The engine process died: every live call ends now (BYE / data-channel "ended"), counted."""
+        from agent.engine_process import ENGINE_LOST
+
+        sessions = list(self.active.values())
+        self.counters.ended_engine_lost += len(sessions)
+        event(log, "calls.engine_lost", logging.ERROR, calls=len(sessions), message=message)
+        for session in sessions:
+            session.end(ENGINE_LOST)
+
+    @property
+    def max_calls(self) -> int:
+        return self.capacity.max_calls
+
+    @property
+    def draining(self) -> bool:
+        return self.capacity.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.capacity.draining = value
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.max_calls - len(self.active))
+        """Slots neither reserved (offered, not answered yet) nor committed (running), on every transport."""
+        return self.capacity.free_slots
 
     def check_admission(self) -> None:
         """Raise CallRefused when a new call would be refused (answer 503 before ringing)."""
-        if self.draining:
-            self.counters.refused_draining += 1
-            raise CallRefused("draining")
-        if len(self.active) >= self.max_calls:
-            self.counters.refused_full += 1
-            raise CallRefused("full")
+        try:
+            self.capacity.check()
+        except CallRefused as exc:
+            if exc.reason == "draining":
+                self.counters.refused_draining += 1
+            else:
+                self.counters.refused_full += 1
+            raise
+        refusal = self.engine.refusal()
+        if refusal is not None:
+            self.counters.refused_engine += 1
+            raise CallRefused(refusal)
+
+    def reserve(self, transport: str) -> Reservation:
+        """Hold a slot from the offer on (SIP INVITE, WebRTC offer, dial); CallRefused when none is free."""
+        self.check_admission()
+        return self.capacity.reserve(transport)
 
     def new_call_id(self, prefix: str = "c") -> str:
         return f"{prefix}-{next(self._ids)}-{secrets.token_hex(3)}"
 
     async def run_call(self, transport: CallTransport, call_id: str | None = None,
-                       options: SessionOptions | None = None, external_id: str = "") -> CallSummary:
-        """Run one call to its end. Raises CallRefused when at capacity or draining."""
-        self.check_admission()
+                       options: SessionOptions | None = None, external_id: str = "",
+                       reservation: Reservation | None = None) -> CallSummary:
+        """Run one call to its end; its slot is released when it ends.
+
+        With a `reservation` (taken at the offer) the call was answered and is never refused; without
+        one a slot is reserved now (CallRefused when at capacity or draining).
+        """
+        if reservation is None:
+            reservation = self.reserve("inproc")
+        reservation.commit()
+        try:
+            return await self._run_session(transport, call_id, options, external_id)
+        finally:
+            reservation.release()
+
+    async def _run_session(self, transport: CallTransport, call_id: str | None, options: SessionOptions | None,
+                           external_id: str) -> CallSummary:
         call_id = call_id or self.new_call_id()
-        conversation = self.engine.open(self.instructions)
-        session = CallSession(call_id, transport, conversation, self.detector_factory(), options or self.options,
-                              external_id=external_id)
+        session = CallSession(call_id, transport, self.client, self.detector_factory(), options or self.options,
+                              external_id=external_id, instructions=self.instructions)
         self.active[call_id] = session
         self._idle.clear()
         self.counters.started += 1

@@ -136,7 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_dial(args: argparse.Namespace) -> int:
     import asyncio
 
-    from agent.calls import CallRefused
+    from agent.capacity import CallRefused
     from agent.metrics import Metrics
     from agent.runtime import build_runtime
     from sip_bridge.gateway import SipGateway
@@ -226,6 +226,12 @@ def cmd_config(args: argparse.Namespace) -> int:
                 section[key] = "***"
     sys.stdout.write(yaml.safe_dump(shown, sort_keys=False))
     return EXIT_OK
+
+
+def cmd_turn_eval(args: argparse.Namespace) -> int:
+    from agent.turn_eval import run_command
+
+    return run_command(args, _settings(args))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -336,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="false-positive probability per 3 s window at the threshold (default 1e-4)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
     p.add_argument("--node-key", action="store_true", help="print this node's public signing key (PEM)")
+    p = add("turn-eval", cmd_turn_eval, "end-of-turn detectors on labelled WAVs: false cut-offs vs median "
+            "latency per threshold, and a PNG plot")
+    from agent.turn_eval import add_arguments as add_turn_eval_arguments
+
+    add_turn_eval_arguments(p)
     p = add("config", cmd_config, "print the effective settings after all layers")
     return parser
 

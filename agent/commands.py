@@ -30,15 +30,24 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice]:
-    from model.checkpoint import load_model
-    from model.errors import ModelError
-
+def choose_for_settings(settings: ModelSettings) -> ModelChoice:
     try:
         choice = choose_model(settings)
     except ModelChoiceError as exc:
         raise CliError(str(exc)) from None
     _say(f"model: {choice.description}")
+    return choice
+
+
+def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice]:
+    choice = choose_for_settings(settings)
+    return load_choice(settings, choice), choice
+
+
+def load_choice(settings: ModelSettings, choice: ModelChoice) -> LoadedModel:
+    from model.checkpoint import load_model
+    from model.errors import ModelError
+
     device = None if settings.device == "auto" else settings.device
     dtype = None if settings.dtype == "auto" else settings.dtype
     try:
@@ -47,7 +56,7 @@ def load_for_settings(settings: ModelSettings) -> tuple[LoadedModel, ModelChoice
         raise CliError(str(exc)) from None
     decoder = loaded.decoder.name if loaded.decoder is not None else "none"
     _say(f"model: loaded on {loaded.device} ({loaded.dtype}), audio decoder: {decoder}")
-    return loaded, choice
+    return loaded
 
 
 def engine_settings(settings: ModelSettings, tiny: bool = False, slots: int = 16) -> EngineSettings:

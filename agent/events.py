@@ -130,6 +130,7 @@ class EndOfTurn:
     speech_ended_ms: int
     voiced_ms: int
     reason: EndOfTurnReason
+    speculative: bool = False  # withdrawn (TurnContinued(false_start)) if the caller goes on soon
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,22 @@ class EndOfTurnPredicted:
 
 @dataclass(frozen=True)
 class TurnContinued:
-    """The caller spoke again after ``EndOfTurnPredicted`` and before ``EndOfTurn``: a pause, not an end."""
+    """The caller spoke again after ``EndOfTurnPredicted`` and before ``EndOfTurn``: a pause, not an end.
+
+    ``false_start``: after a speculative ``EndOfTurn``, within the agent's first
+    ``speculative_window_ms`` of audio: the started answer is withdrawn and the caller's turn goes on.
+    """
 
     at_ms: int
     resumed_ms: int
+    false_start: bool = False
+
+
+@dataclass(frozen=True)
+class TurnConfirmed:
+    """The speculative window after ``EndOfTurn`` passed without the caller going on: the answer stays."""
+
+    at_ms: int
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,7 @@ TurnEvent = (
     SpeechStarted
     | EndOfTurnPredicted
     | TurnContinued
+    | TurnConfirmed
     | EndOfTurn
     | BargeIn
     | InterruptionSuspected

@@ -6,7 +6,8 @@ Routes
 ``POST /offer``      JSON ``{"sdp", "type": "offer"}`` -> the answer ``{"sdp", "type": "answer",
                      "call_id"}``. Non-trickle: the answer carries every server candidate. The call runs
                      in its own task: ``runtime.calls.run_call(WebRtcTransport(...))``.
-``GET /healthz``     JSON readiness, draining, active calls, capacity, model; 200, or 503 when draining
+``GET /healthz``     JSON readiness, draining, active calls, capacity, model, engine (state, pid, restarts,
+                     step p90 against its budget); 200, or 503 when not accepting calls
 ``GET /metrics``     Prometheus text
 ``POST /calls``      JSON ``{"uri": "sip:..."}`` -> 202 ``{"call_id"}``: outbound SIP call via the gateway
 
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
-from agent.calls import CallRefused
+from agent.capacity import CallRefused, Reservation
 from agent.log import event, set_call_id
 from agent.metrics import Metrics
 from agent.session import CallSummary
@@ -187,7 +188,6 @@ class HttpApp:
         self.ready = False
         self.transports: dict[str, WebRtcTransport] = {}
         self.call_tasks: set[asyncio.Task[None]] = set()
-        self._pending = 0
         self._differs: dict[str, SummaryDiffer] = {}
         self.app = web.Application(client_max_size=self.http.max_body_bytes,
                                    middlewares=[self._problems, self._cors])
@@ -292,11 +292,10 @@ class HttpApp:
             raise HttpProblem(400, "body must be a JSON object", "http_json")
         return obj
 
-    def _admit(self, transport: str) -> None:
+    def _admit(self, transport: str) -> Reservation:
+        """A capacity slot from the offer on (agent/capacity.py), or 503."""
         try:
-            self.calls.check_admission()
-            if len(self.calls.active) + self._pending >= self.calls.max_calls:
-                raise CallRefused("full")
+            return self.calls.reserve(transport)
         except CallRefused as exc:
             self.metrics.calls_refused.labels(transport, exc.reason).inc()
             message = "server is draining" if exc.reason == "draining" else "server is at capacity"
@@ -311,7 +310,14 @@ class HttpApp:
     async def _offer(self, request: web.Request) -> web.Response:
         self._check_auth(request)
         body = await self._read_json(request)
-        self._admit("webrtc")  # a draining or full node says so before looking at the offer
+        reservation = self._admit("webrtc")  # a draining or full node says so before looking at the offer
+        try:
+            return await self._answer_offer(request, body, reservation)
+        except BaseException:
+            reservation.release()  # every path that did not hand the call on (bad SDP, timeout, disconnect)
+            raise
+
+    async def _answer_offer(self, request: web.Request, body: dict[str, Any], reservation: Reservation) -> web.Response:
         sdp, kind = body.get("sdp"), body.get("type")
         if kind != "offer":
             raise HttpProblem(400, f"type must be 'offer', got {kind!r}", "webrtc_sdp")
@@ -324,7 +330,6 @@ class HttpApp:
         pc = peer_connection()
         transport = WebRtcTransport(pc, ice_timeout_s=self.ice_timeout_s, media_timeout_s=self.media_timeout_s,
                                     on_bad_input=self._count_bad)
-        self._pending += 1
         started = False
         try:
             transport.attach()
@@ -334,13 +339,13 @@ class HttpApp:
                 raise HttpProblem(503, "negotiation timed out", "webrtc_negotiation") from None
             call_id = self.calls.new_call_id("web")
             self.transports[call_id] = transport
-            task = asyncio.get_running_loop().create_task(self._call(call_id, transport), name=f"call {call_id}")
+            task = asyncio.get_running_loop().create_task(self._call(call_id, transport, reservation),
+                                                          name=f"call {call_id}")
             self.call_tasks.add(task)
             task.add_done_callback(self.call_tasks.discard)
             started = True
         finally:
             if not started:
-                self._pending -= 1
                 await transport.close()
         event(log, "webrtc.answered", call_id=call_id, remote=request.remote)
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": call_id})
@@ -366,22 +371,19 @@ class HttpApp:
     def _count_bad(self, kind: str) -> None:
         self.metrics.bad_input.labels(kind).inc()
 
-    async def _call(self, call_id: str, transport: WebRtcTransport) -> None:
+    async def _call(self, call_id: str, transport: WebRtcTransport, reservation: Reservation) -> None:
         set_call_id(call_id)
         self.metrics.calls_active.labels("webrtc").set(len(self.transports))
         poller: asyncio.Task[None] | None = None
         try:
             # The session starts when media can flow, so that its first audio (a greeting) is heard;
-            # the slot stays reserved (pending) meanwhile.
-            try:
-                connected = await transport.wait_connected()
-            finally:
-                self._pending -= 1  # run_call registers the session before its first await
+            # the slot stays reserved meanwhile (released below if it never connects).
+            connected = await transport.wait_connected()
             if not connected:
                 event(log, "webrtc.not_connected", logging.WARNING, reason=transport.hangup_reason)
                 return
             poller = asyncio.get_running_loop().create_task(self._poll_events(call_id, transport))
-            summary = await self.calls.run_call(transport, call_id)
+            summary = await self.calls.run_call(transport, call_id, reservation=reservation)
             self.metrics.observe_call(summary, "webrtc")
             poller.cancel()
             for ev in self._differs.pop(call_id, SummaryDiffer()).diff(summary):
@@ -393,6 +395,7 @@ class HttpApp:
         except Exception as exc:
             event(log, "webrtc.call_failed", logging.ERROR, error=repr(exc))
         finally:
+            reservation.release()
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -418,23 +421,32 @@ class HttpApp:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         draining = self.calls.draining
-        ok = self.ready and not draining
+        engine = self.runtime.engine.health()
+        ok = self.ready and not draining and self.runtime.engine.refusal() is None
         body = {
             "ready": self.ready,
             "draining": draining,
-            "accepting": ok and self.calls.free_slots > self._pending,
+            "accepting": ok and self.calls.free_slots > 0,
             "active_calls": len(self.calls.active),
             "capacity": self.calls.max_calls,
-            "free_slots": max(0, self.calls.free_slots - self._pending),
+            "free_slots": self.calls.free_slots,
+            "reserved": self.calls.capacity.reserved,
+            "by_transport": self.calls.capacity.by_transport(),
             "model": self.runtime.choice.description,
             "sip": self.gateway is not None,
             "auth": self.auth,
+            "engine": engine,
         }
-        # 503 when not taking calls (draining or full): load balancers send calls elsewhere
+        # 503 when not taking calls (draining, full, engine restarting or overloaded): load balancers
+        # send calls elsewhere
         return web.json_response(body, status=200 if body["accepting"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self.metrics.observe_engine_steps(self.runtime.engine.step_seconds, self.runtime.engine.steps)
+        engine = self.runtime.engine
+        self.metrics.observe_engine_steps(engine.step_seconds, engine.steps)
+        self.metrics.observe_dropped(engine.dropped)
+        self.metrics.engine_restarts.set(engine.restarts)
+        self.metrics.engine_up.set(1 if engine.state == "running" else 0)
         self.metrics.calls_active.labels("webrtc").set(len(self.transports))
         return web.Response(body=self.metrics.render(), content_type="text/plain",
                             headers={"X-Prometheus-Format": "0.0.4"})

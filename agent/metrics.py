@@ -37,7 +37,13 @@ class Metrics:
                                  ["kind"], registry=r)
         self.engine_errors = Counter("lfmcall_engine_errors_total", "Engine errors reported to calls",
                                      registry=r)
+        self.engine_lost_calls = Counter("lfmcall_engine_lost_calls_total",
+                                         "Live calls ended because the engine process died", registry=r)
+        self.engine_restarts = Gauge("lfmcall_engine_restarts", "Engine process restarts since start",
+                                     registry=r)
+        self.engine_up = Gauge("lfmcall_engine_up", "1 while the engine is running and ready", registry=r)
         self._step_seen = 0
+        self._dropped_seen: dict[str, int] = {}
 
     def observe_call(self, summary: CallSummary, transport: str) -> None:
         self.calls_total.labels(transport, "failed" if summary.error else "completed").inc()
@@ -52,6 +58,18 @@ class Metrics:
         for where, count in summary.dropped_frames.items():
             if count:
                 self.dropped_frames.labels(where).inc(count)
+        from agent.engine_process import ENGINE_LOST
+
+        if summary.ended_by == ENGINE_LOST:
+            self.engine_lost_calls.inc()
+
+    def observe_dropped(self, totals: dict[str, int]) -> None:
+        """Add running drop totals (by where) to `dropped_frames`; each total only ever grows."""
+        for where, total in totals.items():
+            new = total - self._dropped_seen.get(where, 0)
+            if new > 0:
+                self.dropped_frames.labels(where).inc(new)
+            self._dropped_seen[where] = max(total, self._dropped_seen.get(where, 0))
 
     def observe_engine_steps(self, step_seconds: list[float], total_steps: int | None = None) -> None:
         """Record the engine's step times not yet recorded (call before rendering).

@@ -54,6 +54,8 @@ class PlayoutSettings:
     max_late_ms: int = 200  # a packet overdue by more than this is dropped instead of sent in a burst
     stall_timeout_ms: int = 3000  # queue dry, response not complete: give up after this long
     unplayed_audio_is_flushed: bool = False  # True: clear() also takes back audio not yet at the ear
+    playout_reported: bool = False  # True: the transport reports what left (mark_played); unreported = unheard
+    report_grace_ms: int = 1000  # a response counts as finished this long after its last packet, reported or not
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.packet_ms <= 0 or self.frame_ms <= 0:
@@ -132,7 +134,7 @@ class Playout:
         self._last_slot_ms: int | None = None
         self._sequence = 0
         self._confirmed_sequence = -1
-        self._confirmation_seen = False
+        self._confirmation_seen = self.settings.playout_reported
         self._pending_events: list[PlayoutEvent] = []
         self._held = False
 
@@ -340,8 +342,10 @@ class Playout:
             return None
         if log.ended:
             if self._confirmation_seen:
+                # confirmed; or a report that never came (the transport dropped the packet) must not
+                # keep the agent "speaking" for ever
                 last = max(sent.sequence for sent in log.sent if not sent.dropped)
-                done = last <= self._confirmed_sequence
+                done = last <= self._confirmed_sequence or now_ms >= heard_end + self.settings.report_grace_ms
             else:
                 done = now_ms >= heard_end
             reason = FinishReason.COMPLETED

@@ -111,6 +111,7 @@ class CallerUtterance:
     start_ms: float
     end_ms: float
     text: str
+    unfinished: bool = False  # the sentence goes on in the next say step
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,8 @@ class CallRecord:
     end_of_turn_ms: list[float] = field(default_factory=list)
     barge_ins: list[BargeInRecord] = field(default_factory=list)
     false_interruptions: list[FalseInterruption] = field(default_factory=list)
+    false_starts: int = 0  # answers released speculatively, withdrawn because the caller went on
+    cut_offs: list[Segment] = field(default_factory=list)  # agent audio at the ear in an unfinished pause
     turns: list[TurnRecord] = field(default_factory=list)
     dtmf_sent: str = ""
     dtmf_received: str = ""
@@ -207,12 +210,29 @@ class CallRecord:
             "end_of_turn_delay_ms": [v for v in eot if v is not None],
             "barge_in_stop_ms": [v for v in stops if v is not None],
             "false_interruptions": len(self.false_interruptions),
+            "false_starts": self.false_starts,
+            "cut_offs": len(self.cut_offs),
+            "double_answers": self.double_answers(),
+            "turn_ends": sum(1 for u in self.caller_utterances if u.kind in ("say", "wav") and not u.unfinished),
             "barge_ins": len(self.barge_ins),
             "agent_turns": sum(1 for t in self.turns if t.agent_start_ms is not None),
             "dtmf_received": self.dtmf_received,
             "hung_up": self.hung_up,
             "duration_ms": self.duration_ms,
         }
+
+    def double_answers(self) -> int:
+        """Caller turns (a finished say step) answered by more than one agent reply before the caller
+        spoke again."""
+        says = [u for u in self.caller_utterances if u.kind in ("say", "wav")]
+        starts = [t.agent_start_ms for t in self.turns if t.agent_start_ms is not None]
+        twice = 0
+        for i, u in enumerate(says):
+            if u.unfinished:
+                continue
+            nxt = says[i + 1].start_ms if i + 1 < len(says) else float("inf")
+            twice += int(sum(1 for s in starts if u.end_ms <= s < nxt) > 1)
+        return twice
 
     @property
     def passed(self) -> bool:
@@ -347,8 +367,10 @@ def summarize_calls(calls: list[CallRecord]) -> dict[str, Any]:
     }
     for name in SUMMARY_LIST_METRICS:
         summary[name] = _stats([v for m in metrics for v in m[name]])
-    for name in ("false_interruptions", "barge_ins", "agent_turns"):
+    for name in ("false_interruptions", "false_starts", "cut_offs", "double_answers", "turn_ends", "barge_ins",
+                 "agent_turns"):
         summary[name] = sum(int(m[name]) for m in metrics)
+    summary["cut_off_rate"] = round(summary["cut_offs"] / summary["turn_ends"], 4) if summary["turn_ends"] else None
     windows = sum(int(c.watermark.get("windows") or 0) for c in calls)
     detected = sum(int(c.watermark.get("detected") or 0) for c in calls)
     summary["watermark"] = {"windows": windows, "detected": detected,

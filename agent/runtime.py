@@ -1,7 +1,7 @@
-"""Everything one agent process runs on: the loaded model, its engine and the call manager.
+"""Everything one agent process runs on: its engine (by default in its own process) and the call manager.
 
 Built once at an entry point (`lfm-call serve`, `lfm-call simulate`, tests), never inside a
-constructor; `Runtime.close()` stops the engine's worker.
+constructor; `Runtime.close()` stops the engine.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.calls import CallManager
-from agent.commands import choice_is_tiny, engine_settings, load_for_settings
+from agent.commands import choice_is_tiny, choose_for_settings, engine_settings
+from agent.engine_process import EngineHost
 from agent.model_choice import ModelChoice
 from agent.session import SessionOptions
 from agent.vad import EnergyVad, SileroVad, VoiceDetector
@@ -22,16 +24,20 @@ from config.schema import Settings
 
 if TYPE_CHECKING:
     from model.checkpoint import LoadedModel
-    from model.engine import Engine
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    loaded: LoadedModel
     choice: ModelChoice
-    engine: Engine
+    engine: EngineHost
     calls: CallManager
+    loaded: LoadedModel | None = None  # only with the in-thread engine (a model loaded in this process)
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """What the engine loaded: description, device, dtype, decoder."""
+        return self.engine.model_info
 
     def close(self) -> None:
         self.engine.stop()
@@ -58,21 +64,35 @@ def detector_factory(settings: Settings) -> Callable[[], VoiceDetector]:
 
 def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice: ModelChoice | None = None,
                   ) -> Runtime:
-    """Load the model (unless given), start the engine and make the call manager (needs a running loop)."""
-    from model.engine import Engine
+    """Start the engine and make the call manager (needs a running loop).
 
-    # The engine's worker thread holds the GIL for its Python work between tensor ops; with the
-    # default 5 ms switch interval every GIL hand-back to the event loop (each numpy call in the
-    # audio path) can wait that long, stalling calls by hundreds of ms. 0.5 ms keeps the loop live.
-    sys.setswitchinterval(0.0005)
-    if loaded is None or choice is None:
-        loaded, choice = load_for_settings(settings.model)
-    tiny = choice_is_tiny(loaded)
-    if tiny:
+    By default the engine runs in its own spawned process, which loads the model
+    (``agent.engine_process``); given an already `loaded` model (tests, benchmarks), the engine
+    runs in a thread of this process instead.
+    """
+    from agent.engine_process import EngineProcessClient, InThreadEngine, StepBudget
+
+    engine: EngineHost
+    if loaded is not None:
+        from model.engine import Engine
+
+        # The engine's worker thread holds the GIL for its Python work between tensor ops; with the
+        # default 5 ms switch interval every GIL hand-back to the event loop (each numpy call in the
+        # audio path) can wait that long, stalling calls by hundreds of ms. 0.5 ms keeps the loop live.
+        sys.setswitchinterval(0.0005)
+        choice = choice or ModelChoice(Path("."), "a model loaded by the caller", False)
+        tiny = choice_is_tiny(loaded)
+        engine = InThreadEngine(Engine(loaded, engine_settings(settings.model, tiny,
+                                                                   slots=settings.server.max_calls)),
+                                    choice.description)
+    else:
+        choice = choice or choose_for_settings(settings.model)
+        engine = EngineProcessClient(settings, choice, slots=settings.server.max_calls,
+                                     budget=StepBudget(margin=settings.server.admission_step_margin))
+    engine.start()
+    if engine.model_info.get("tiny", loaded is not None and choice_is_tiny(loaded)):
         print(f"model: tiny model: replies capped at {settings.model.tiny_max_reply_ms} ms "
               "(model.tiny_max_reply_ms)", file=sys.stderr)
-    engine = Engine(loaded, engine_settings(settings.model, tiny, slots=settings.server.max_calls))
-    engine.start()
     manager = CallManager(engine, SessionOptions.from_settings(settings), detector_factory(settings),
                           settings.server.max_calls)
-    return Runtime(settings, loaded, choice, engine, manager)
+    return Runtime(settings, choice, engine, manager, loaded)

@@ -28,6 +28,10 @@ Schema (unknown fields are errors; defaults shown)::
       seed: 0                      # random seed of loss, jitter and noise
     steps:                         # run in order; each step is one of:
       - say: "What are your opening hours?"   # espeak-ng text ...
+        unfinished: false          # true: the sentence goes on in the next say step (a pause); said
+                                   # as one utterance with the next step's text and cut there, so it
+                                   # keeps its mid-sentence intonation; agent audio in that pause
+                                   # is a cut-off
       - wav: clips/question.wav    # ... or a WAV file, relative to the scenario file
       - dtmf: "123#"               # digits 0-9 * # A-D
         tone_ms: 100
@@ -59,6 +63,8 @@ samples fails, so a scenario that bounds barge-in stop time also requires a barg
     end_of_turn_delay_ms  list  caller speech end -> the agent's end-of-turn mark
     barge_in_stop_ms      list  caller cut-in onset -> agent audio stopped at the caller's ear
     false_interruptions   int   times the agent stopped talking without the caller cutting in
+    false_starts          int   answers started speculatively and withdrawn (the caller went on)
+    cut_offs              int   unfinished say steps during whose pause agent audio reached the ear
     barge_ins             int   barge-ins the agent honoured
     agent_turns           int   agent replies heard (greeting included)
     dtmf_received         str   digits the agent received
@@ -72,6 +78,7 @@ true/false. A bare number or string means ``==``.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import enum
 import math
 import operator
@@ -158,6 +165,8 @@ class SayStep:
     wav: Path | None
     when: When
     source_line: int
+    unfinished: bool = False  # the caller's sentence goes on in the next say step (a pause, not an end)
+    continuation: str | None = None  # unfinished text steps: the next say step's text (rendered as one)
 
 
 @dataclass(frozen=True)
@@ -216,7 +225,7 @@ class Scenario:
 
 LIST_METRICS = frozenset({"response_latency_ms", "end_of_turn_delay_ms", "barge_in_stop_ms"})
 SCALAR_METRICS = frozenset(
-    {"false_interruptions", "barge_ins", "agent_turns", "dtmf_received", "hung_up", "duration_ms"}
+    {"false_interruptions", "false_starts", "cut_offs", "double_answers", "turn_ends", "barge_ins", "agent_turns", "dtmf_received", "hung_up", "duration_ms"}
 )
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
     "p50": lambda xs: float(np.percentile(xs, 50)),
@@ -436,13 +445,13 @@ def _parse_step(data: Any, index: int, line: int, base_dir: Path) -> Step:
         text = f.text("say")
         if not text.strip():
             raise f.fail("say", "expected text, got an empty string")
-        step = SayStep(text, None, _parse_when(f), data.line)
+        step = SayStep(text, None, _parse_when(f), data.line, _unfinished(f))
     elif kind == "wav":
         rel = f.text("wav")
         wav_path = (base_dir / rel).resolve()
         if not wav_path.is_file():
             raise f.fail("wav", f"WAV file not found: {wav_path}")
-        step = SayStep(None, wav_path, _parse_when(f), data.line)
+        step = SayStep(None, wav_path, _parse_when(f), data.line, _unfinished(f))
     elif kind == "dtmf":
         raw = f.raw("dtmf")
         digits = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
@@ -464,6 +473,24 @@ def _parse_step(data: Any, index: int, line: int, base_dir: Path) -> Step:
         step = WaitStep(int(f.number("wait_ms", None, 0, 3_600_000, integer=True) or 0), data.line)
     f.done()
     return step
+
+
+def _unfinished(f: _Fields) -> bool:
+    value = f.raw("unfinished", False)
+    if not isinstance(value, bool):
+        raise f.fail("unfinished", f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _link_unfinished(steps: list[Step]) -> list[Step]:
+    """An unfinished text step is spoken together with the next say step's text (and cut there)."""
+    out = list(steps)
+    for i, step in enumerate(out):
+        if isinstance(step, SayStep) and step.unfinished and step.text is not None:
+            nxt = next((s for s in out[i + 1:] if isinstance(s, SayStep)), None)
+            if nxt is not None and nxt.text is not None:
+                out[i] = dataclasses.replace(step, continuation=nxt.text)
+    return out
 
 
 def parse_bound(text: Any) -> Bound:
@@ -534,7 +561,8 @@ def parse_scenario(text: str, source: str, base_dir: Path, default_name: str = "
             description=f.text("description", ""),
             caller=_parse_caller(f.raw("caller", _empty_map(data.line)), f.line("caller")),
             line=_parse_line(f.raw("line", _empty_map(data.line)), f.line("line")),
-            steps=tuple(_parse_step(s, i, steps_raw.lines[i], base_dir) for i, s in enumerate(steps_raw)),
+            steps=tuple(_link_unfinished([_parse_step(s, i, steps_raw.lines[i], base_dir)
+                                          for i, s in enumerate(steps_raw)])),
             expect=_parse_expect(f.raw("expect", _empty_map(data.line)), f.line("expect")),
             timeout_s=float(f.number("timeout_s", 60.0, 1, 86400) or 0.0),
             path=None,

@@ -29,6 +29,7 @@ from agent.line import LineModel
 from agent.log import event
 from agent.report import (
     BargeInRecord,
+    CallerUtterance,
     CallRecord,
     FalseInterruption,
     RunRecord,
@@ -197,8 +198,25 @@ def merge_summary(record: CallRecord, summary: CallSummary, offset_ms: float) ->
         stop = max(onset, active.end_ms) if active is not None else onset
         record.barge_ins.append(BargeInRecord(onset, b.detected_ms + offset_ms, stop, active is not None))
     record.dtmf_received = summary.dtmf
+    record.false_starts = summary.false_starts
+    record.cut_offs = cut_offs(record.caller_utterances, segments)
     if summary.error:
         record.error = record.error or f"agent error: {summary.error}"
+
+
+def cut_offs(utterances: list[CallerUtterance], agent: list[Segment]) -> list[Segment]:
+    """Agent audio at the ear while the caller's sentence was unfinished: in the pause after an
+    unfinished say step, before the caller went on (one per such pause, the first overlap)."""
+    says = [u for u in utterances if u.kind in ("say", "wav")]
+    out = []
+    for i, u in enumerate(says):
+        if not u.unfinished:
+            continue
+        resume = says[i + 1].start_ms if i + 1 < len(says) else float("inf")
+        hit = next((s for s in agent if s.start_ms < resume and s.end_ms > u.end_ms), None)
+        if hit is not None:
+            out.append(Segment(max(hit.start_ms, u.end_ms), min(hit.end_ms, resume), "cut-off"))
+    return out
 
 
 def summaries_from(manager_summaries: list[CallSummary]) -> SummaryLookup:

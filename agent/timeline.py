@@ -78,6 +78,12 @@ def _draw_lanes(ax: Axes, call: CallRecord, end_s: float) -> None:
         if b.stop_latency_ms is not None:
             ax.text(stop / 1000.0, len(LANES) - 0.45, f" {b.stop_latency_ms:.0f} ms", fontsize=7,
                     color="tab:orange", va="bottom")
+    for i, c in enumerate(call.cut_offs):
+        ax.axvspan(c.start_ms / 1000.0, c.end_ms / 1000.0, color="tab:red", alpha=0.35,
+                   label="cut-off (agent in the caller's pause)" if i == 0 else None)
+    if call.false_starts:
+        ax.text(0.0, len(LANES) - 0.45, f"false starts: {call.false_starts}", fontsize=7, color="tab:red",
+                va="bottom")
     for i, f in enumerate(call.false_interruptions):
         ax.axvline(f.at_ms / 1000.0, color="tab:red", linewidth=1.5, label="false interruption" if i == 0 else None)
     for t in call.turns:

@@ -33,7 +33,15 @@ class HungUp:
     reason: str
 
 
-TransportEvent = AudioReceived | DtmfReceived | HungUp
+@dataclass(frozen=True)
+class PacketsPlayed:
+    """Every agent packet up to `sequence` (the session's playout sequence, given with
+    ``send_tracked``) has really left: sent on the wire (SIP), pulled by the encoder (WebRTC)."""
+
+    sequence: int
+
+
+TransportEvent = AudioReceived | DtmfReceived | HungUp | PacketsPlayed
 
 
 class CallTransport(Protocol):
@@ -51,3 +59,17 @@ class CallTransport(Protocol):
     def hang_up(self, reason: str) -> None:
         """End the call from the agent's side."""
         ...
+
+
+class TrackedTransport(CallTransport, Protocol):
+    """A transport that reports playout truth: ``send_tracked(samples, sequence)`` queues a packet
+    and, once it has really left, `PacketsPlayed(sequence)` comes back through ``receive``; it can
+    hold its queued audio (``pause_output``/``resume_output``) and drop it (``flush``)."""
+
+    def send_tracked(self, samples: Int16Array, sequence: int | None) -> None: ...
+
+    def pause_output(self) -> None: ...
+
+    def resume_output(self) -> None: ...
+
+    def flush(self) -> int: ...

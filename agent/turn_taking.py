@@ -50,6 +50,20 @@ INTERRUPTION_PENDING   agent_audio_finished (agent done anyway)     CALLER_SPEAK
 any (agent audio on)   agent_audio_finished                         (as above)               AgentFinishedSpeaking(interrupted)
 =====================  ===========================================  =======================  ==============================================
 
+End of turn, speculation and backchannels (docs/endpointing.md):
+
+- "silence >= S.end_of_turn_silence_ms" above is really "silence >= the detector's required
+  silence": a ``TurnEndDetector`` (agent.turn_end; default ``SilenceDetector(end_of_turn_silence_ms)``)
+  fed through ``audio(pcm, voiced, now)``. EndOfTurnPredicted comes at
+  min(S.early_response_silence_ms, half the required silence).
+- With S.speculative_window_ms > 0 an EndOfTurn by silence is ``speculative``: caller speech before
+  the agent's audio starts or within its first S.speculative_window_ms (AGENT_THINKING or
+  AGENT_SPEAKING) -> CALLER_SPEAKING, TurnContinued(false_start=True), the same turn continuing
+  (start and voiced time kept; ``false_starts`` counts them); after the window, TurnConfirmed.
+- With S.barge_in_word_ms > 0 a ``BackchannelJudge`` (agent.backchannel) replaces the duration
+  rule in INTERRUPTION_PENDING: BargeIn once the speech is shaped like words and
+  S.barge_in_word_ms of it is voiced, or once S.backchannel_max_ms is voiced whatever its shape.
+
 Why the agent never gets stuck: a barge-in turns the interrupting speech into an ordinary caller turn,
 which ends in EndOfTurn (by silence, or by ``max_turn_ms``), so the agent answers again; a false
 interruption returns to the agent's state without touching its audio; a response that never produces
@@ -64,6 +78,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from agent.backchannel import BackchannelJudge, Verdict
 from agent.events import (
     AgentAudioFinished,
     AgentAudioStarted,
@@ -78,6 +96,7 @@ from agent.events import (
     PlayoutEvent,
     ResponseTimedOut,
     SpeechStarted,
+    TurnConfirmed,
     TurnContinued,
     TurnEvent,
     VadEvent,
@@ -86,6 +105,7 @@ from agent.events import (
     VadSpeechStarted,
     VadSpeechStopped,
 )
+from agent.turn_end import SilenceDetector, TurnEndDetector
 
 
 class TurnState(enum.Enum):
@@ -104,12 +124,24 @@ class TurnTakingSettings:
     max_turn_ms: int = 30_000
     response_timeout_ms: int = 5_000
     early_response_silence_ms: int = 0  # 0: off; else EndOfTurnPredicted after this much silence
+    speculative_window_ms: int = 0  # 0: off; else caller speech within the agent's first N ms: false start
+    barge_in_word_ms: int = 0  # 0: duration only; else a BackchannelJudge: WORDS barge in after this much voiced
+    backchannel_max_ms: int = 1200  # with the judge: any speech over the agent this long (voiced) barges in
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
                      "max_turn_ms", "response_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TurnTakingSettings.{name} must be positive, got {getattr(self, name)}")
+        if self.barge_in_word_ms < 0 or (self.barge_in_word_ms and not
+                                         self.barge_in_word_ms <= self.backchannel_max_ms
+                                         < self.false_interruption_timeout_ms):
+            raise ValueError(
+                f"need 0 < barge_in_word_ms ({self.barge_in_word_ms}) <= backchannel_max_ms "
+                f"({self.backchannel_max_ms}) < false_interruption_timeout_ms ({self.false_interruption_timeout_ms})"
+            )
+        if self.speculative_window_ms < 0:
+            raise ValueError(f"speculative_window_ms must be >= 0, got {self.speculative_window_ms}")
         if not 0 <= self.early_response_silence_ms < self.end_of_turn_silence_ms:
             raise ValueError(
                 f"early_response_silence_ms ({self.early_response_silence_ms}) must be >= 0 and below "
@@ -125,8 +157,16 @@ class TurnTakingSettings:
 class TurnTaking:
     """Feed VAD events, playout facts and ticks; each call returns the turn events it caused, in order."""
 
-    def __init__(self, settings: TurnTakingSettings | None = None) -> None:
+    def __init__(self, settings: TurnTakingSettings | None = None, detector: TurnEndDetector | None = None) -> None:
         self.settings = settings or TurnTakingSettings()
+        # how much silence ends the turn: asked at every check (default: the fixed end_of_turn_silence_ms)
+        self.detector: TurnEndDetector = detector or SilenceDetector(self.settings.end_of_turn_silence_ms)
+        self.false_starts = 0
+        # speech over the agent: barge-in or backchannel, by its shape (None: by duration only)
+        self.judge = BackchannelJudge() if self.settings.barge_in_word_ms else None
+        self._speculative = False  # an EndOfTurn whose window has not passed
+        self._speculative_until: int | None = None  # the window's end, once the agent's audio started
+        self._turn_voiced_ms = 0  # the ended turn's voiced time (kept for a false start)
         self.state = TurnState.LISTENING
         self.agent_audio_playing = False
         self._now_ms: int | None = None
@@ -158,6 +198,12 @@ class TurnTaking:
             return self.agent_audio_finished(now_ms, interrupted=event.interrupted)
         raise TypeError(f"TurnTaking cannot handle {type(event).__name__}")
 
+    def audio(self, pcm: npt.NDArray[np.int16], voiced: bool, now_ms: int) -> None:
+        """16 kHz caller audio (echo-gated) ending at ``now_ms`` with the VAD's state, for the detector."""
+        self.detector.feed(pcm, voiced, now_ms)
+        if self.judge is not None:
+            self.judge.feed(pcm, voiced, now_ms, self.agent_audio_playing)
+
     def speech_started(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
         self._advance(now_ms)
         self._talkspurt = True
@@ -186,7 +232,7 @@ class TurnTaking:
         self._close_segment(at_ms)
         if self.state is TurnState.INTERRUPTION_PENDING:
             voiced_ms = self._voiced_ms(now_ms)
-            if voiced_ms >= self.settings.barge_in_min_speech_ms:
+            if self._interrupts(voiced_ms, now_ms):
                 return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
             return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
         return self._evaluate(now_ms)
@@ -196,6 +242,8 @@ class TurnTaking:
         if self.agent_audio_playing:
             return self._evaluate(now_ms)
         self.agent_audio_playing = True
+        if self._speculative and self._speculative_until is None:
+            self._speculative_until = now_ms + self.settings.speculative_window_ms
         events: list[TurnEvent] = [AgentStartedSpeaking(at_ms=now_ms)]
         if self.state in (TurnState.LISTENING, TurnState.AGENT_THINKING):
             self.state = TurnState.AGENT_SPEAKING
@@ -224,6 +272,7 @@ class TurnTaking:
         self._advance(now_ms)
         if self.state is TurnState.AGENT_THINKING:
             self.state = TurnState.LISTENING
+        self._speculative = False
         return self._evaluate(now_ms)
 
     def tick(self, now_ms: int) -> list[TurnEvent]:
@@ -233,12 +282,16 @@ class TurnTaking:
     def next_deadline_ms(self) -> int | None:
         """The next time at which ``tick`` could emit something without new input (None: no timer)."""
         s = self.settings
+        if self._speculative and self._speculative_until is not None and \
+                self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
+            return self._speculative_until
         if self.state is TurnState.CALLER_SPEAKING:
             turn_end = self._speech_start_ms + s.max_turn_ms
             if self._silence_since_ms is not None:
-                end = self._silence_since_ms + s.end_of_turn_silence_ms
+                required = self._required_silence_ms(self._silence_since_ms)
+                end = self._silence_since_ms + required
                 if s.early_response_silence_ms and not self._predicted:
-                    end = self._silence_since_ms + s.early_response_silence_ms
+                    end = self._silence_since_ms + self._early_silence_ms(required)
                 return min(turn_end, end)
             return turn_end
         if self.state is TurnState.AGENT_THINKING:
@@ -246,7 +299,8 @@ class TurnTaking:
         if self.state is TurnState.INTERRUPTION_PENDING:
             timeout = self._speech_start_ms + s.false_interruption_timeout_ms
             if self._segment_start_ms is not None:
-                missing = s.barge_in_min_speech_ms - self._closed_voiced_ms
+                need = s.barge_in_word_ms if self.judge is not None else s.barge_in_min_speech_ms
+                missing = need - self._closed_voiced_ms
                 return min(timeout, self._segment_start_ms + missing)
             return timeout
         return None
@@ -270,6 +324,15 @@ class TurnTaking:
             self._begin_speech(at_ms)
             self.state = TurnState.CALLER_SPEAKING
             events.append(SpeechStarted(at_ms=at_ms))
+        elif self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING) and self._in_window(now_ms):
+            # the caller goes on within the agent's first N ms: a false start, the turn continues
+            self._speculative = False
+            self.false_starts += 1
+            self.state = TurnState.CALLER_SPEAKING
+            self._closed_voiced_ms = self._turn_voiced_ms
+            self._segment_start_ms = at_ms
+            self._silence_since_ms = None
+            events.append(TurnContinued(at_ms=now_ms, resumed_ms=at_ms, false_start=True))
         elif self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
             self._begin_speech(at_ms)
             self.state = TurnState.INTERRUPTION_PENDING
@@ -312,18 +375,21 @@ class TurnTaking:
         s = self.settings
         if self.state is TurnState.INTERRUPTION_PENDING:
             voiced_ms = self._voiced_ms(now_ms)
-            if voiced_ms >= s.barge_in_min_speech_ms:
+            if self._interrupts(voiced_ms, now_ms):
                 return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
             if now_ms - self._speech_start_ms >= s.false_interruption_timeout_ms:
                 self._ignore_talkspurt = self._talkspurt
                 return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
             return []
+        if self._speculative and self._speculative_until is not None and now_ms >= self._speculative_until:
+            self._speculative = False
+            return [TurnConfirmed(at_ms=now_ms), *self._evaluate(now_ms)]
         if self.state is TurnState.CALLER_SPEAKING:
             silence_since = self._silence_since_ms
-            if silence_since is not None and now_ms - silence_since >= s.end_of_turn_silence_ms:
+            if silence_since is not None and now_ms - silence_since >= self._required_silence_ms(now_ms):
                 return [self._end_turn(now_ms, silence_since, EndOfTurnReason.SILENCE)]
             if (silence_since is not None and s.early_response_silence_ms and not self._predicted
-                    and now_ms - silence_since >= s.early_response_silence_ms):
+                    and now_ms - silence_since >= self._early_silence_ms(self._required_silence_ms(now_ms))):
                 self._predicted = True
                 return [EndOfTurnPredicted(at_ms=now_ms, speech_started_ms=self._speech_start_ms,
                                            speech_ended_ms=silence_since)]
@@ -333,15 +399,44 @@ class TurnTaking:
             return []
         if self.state is TurnState.AGENT_THINKING and now_ms - self._end_of_turn_ms >= s.response_timeout_ms:
             self.state = TurnState.LISTENING
+            self._speculative = False
             return [ResponseTimedOut(at_ms=now_ms, end_of_turn_ms=self._end_of_turn_ms)]
         return []
 
+    def _interrupts(self, voiced_ms: int, now_ms: int) -> bool:
+        """Speech over the agent is a barge-in: long enough, and (with the judge) shaped like words."""
+        s = self.settings
+        if self.judge is None:
+            return voiced_ms >= s.barge_in_min_speech_ms
+        if voiced_ms >= s.backchannel_max_ms:
+            return True
+        return voiced_ms >= s.barge_in_word_ms and \
+            self.judge.verdict(self._speech_start_ms, now_ms) is Verdict.WORDS
+
+    def _early_silence_ms(self, required_ms: int) -> int:
+        """When the held answer starts: early_response_silence_ms, or half the required silence when
+        the detector asks for little (so that the engine's first audio is ready at the end of turn)."""
+        return min(self.settings.early_response_silence_ms, max(1, required_ms // 2))
+
+    def _required_silence_ms(self, now_ms: int) -> int:
+        return max(1, self.detector.required_silence_ms(now_ms))
+
+    def _in_window(self, now_ms: int) -> bool:
+        """An EndOfTurn is still speculative: before the agent's audio, or within its first N ms."""
+        if not self._speculative:
+            return False
+        return self._speculative_until is None or now_ms < self._speculative_until
+
     def _end_turn(self, now_ms: int, speech_ended_ms: int, reason: EndOfTurnReason) -> EndOfTurn:
         self._predicted = False
+        self.detector.turn_ended(now_ms)
+        self._speculative = self.settings.speculative_window_ms > 0 and reason is EndOfTurnReason.SILENCE
+        self._speculative_until = None
         voiced_ms = self._voiced_ms(speech_ended_ms if reason is EndOfTurnReason.SILENCE else now_ms)
+        self._turn_voiced_ms = voiced_ms
         self.state = self._agent_state()
         self._end_of_turn_ms = now_ms
         self._segment_start_ms = None
         self._silence_since_ms = None
         return EndOfTurn(at_ms=now_ms, speech_started_ms=self._speech_start_ms, speech_ended_ms=speech_ended_ms,
-                         voiced_ms=voiced_ms, reason=reason)
+                         voiced_ms=voiced_ms, reason=reason, speculative=self._speculative)

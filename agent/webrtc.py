@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,7 +39,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from agent.log import event
 from agent.resample import StreamingResampler
-from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, TransportEvent
+from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, PacketsPlayed, TransportEvent
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class SampleFifo:
         self.high_water = high_water_packets * packet_samples
         self.limit = max_packets * packet_samples
         self._buf = np.zeros(0, np.int16)
+        # one label per whole packet buffered (the session's playout sequence, or None), in order
+        self._labels: deque[int | None] = deque()
         self.dropped_silence_packets = 0
         self.dropped_audio_samples = 0
         self.underruns = 0
@@ -147,12 +150,22 @@ class SampleFifo:
     def __len__(self) -> int:
         return int(self._buf.size)
 
-    def push(self, samples: Int16Array) -> None:
+    def push(self, samples: Int16Array, label: int | None = None) -> None:
+        """Append samples; `label` goes with the last whole packet they complete (see ``pop_labelled``)."""
+        before = self._buf.size // self.packet_samples
         self._buf = np.concatenate([self._buf, np.asarray(samples, np.int16)])
+        added = self._buf.size // self.packet_samples - before
+        for i in range(added):
+            self._labels.append(label if i == added - 1 else None)
         excess = self._buf.size - self.limit
         if excess > 0:
             self._buf = self._buf[excess:]
             self.dropped_audio_samples += excess
+            self._drop_labels(-(-excess // self.packet_samples))
+
+    def _drop_labels(self, n: int) -> None:
+        for _ in range(min(n, len(self._labels))):
+            self._labels.popleft()
 
     def ready(self) -> bool:
         """At least one whole packet is buffered."""
@@ -160,18 +173,25 @@ class SampleFifo:
 
     def pop(self) -> Int16Array | None:
         """The next packet, or None when less than one packet is buffered (an underrun)."""
+        return self.pop_labelled()[0]
+
+    def pop_labelled(self) -> tuple[Int16Array | None, int | None]:
+        """The next packet and its label (None, None on an underrun)."""
         n = self.packet_samples
         while self._buf.size > self.high_water and not np.any(self._buf[:n]):
             self._buf = self._buf[n:]
             self.dropped_silence_packets += 1
+            self._drop_labels(1)
         if self._buf.size < n:
             self.underruns += 1
-            return None
+            return None, None
         out, self._buf = self._buf[:n].copy(), self._buf[n:]
-        return out
+        label = self._labels.popleft() if self._labels else None
+        return out, label
 
     def clear(self) -> None:
         self._buf = np.zeros(0, np.int16)
+        self._labels.clear()
 
 
 @dataclass
@@ -212,9 +232,14 @@ class PacedAudioTrack(MediaStreamTrack):
         self._pacer: DeadlinePacer | None = None
         self._silence = np.zeros(self.packet_samples, np.int16)
         self._arrived = asyncio.Event()
+        self.paused = False  # hold the queued audio (a suspected interruption): silence meanwhile
+        self.on_sent: Callable[[int], None] | None = None  # a labelled packet was pulled for encoding
+        # called at each frame deadline before the frame is taken: the session makes its packet for this
+        # very deadline (one pacing grid per call; no grace wait for a producer on its own grid)
+        self.source: Callable[[], None] | None = None
 
-    def push(self, samples: Int16Array) -> None:
-        self.fifo.push(samples)
+    def push(self, samples: Int16Array, label: int | None = None) -> None:
+        self.fifo.push(samples, label)
         self._arrived.set()
 
     async def recv(self) -> av.AudioFrame:
@@ -226,7 +251,9 @@ class PacedAudioTrack(MediaStreamTrack):
         delay = pacer.deadline() - self._clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        if not self.fifo.ready() and self.grace_s > 0:
+        if self.source is not None:
+            self.source()
+        elif not self.paused and not self.fifo.ready() and self.grace_s > 0:
             # The producer ticks on its own 20 ms grid; when its packet is a few ms late, wait for it
             # rather than send silence, which would leave one packet of extra delay behind.
             self._arrived.clear()
@@ -236,7 +263,7 @@ class PacedAudioTrack(MediaStreamTrack):
                         await self._arrived.wait()
                         self._arrived.clear()
         now = self._clock()
-        samples = self.fifo.pop()
+        samples, label = (None, None) if self.paused else self.fifo.pop_labelled()
         frame = mono_frame(self._silence if samples is None else samples, self.sample_rate,
                            pacer.index * self.packet_samples)
         stats = self.stats
@@ -248,6 +275,8 @@ class PacedAudioTrack(MediaStreamTrack):
         stats.max_late_s = max(stats.max_late_s, now - pacer.deadline())
         pacer.advance(now)
         stats.skipped = pacer.skipped
+        if label is not None and self.on_sent is not None:  # aiortc takes this frame to encode it now
+            self.on_sent(label)
         return frame
 
 
@@ -275,6 +304,7 @@ class WebRtcTransport:
         self._resampler: StreamingResampler | None = None
         self._settled = asyncio.Event()  # connected, or ended before connecting
         self._closed = False
+        self._played: int | None = None  # the newest playout report not yet returned by receive
 
     @property
     def sample_rate(self) -> int:
@@ -297,6 +327,9 @@ class WebRtcTransport:
 
     # -- CallTransport ---------------------------------------------------------------------------------------
     async def receive(self) -> TransportEvent:
+        if self._played is not None:  # playout reports are coalesced: they never take an audio slot
+            played, self._played = self._played, None
+            return PacketsPlayed(played)
         if self.hangup_reason is not None and self._events.empty():
             return HungUp(self.hangup_reason)
         return await self._events.get()
@@ -305,11 +338,34 @@ class WebRtcTransport:
         if not self._closed:
             self.outbound.push(samples)
 
+    def send_tracked(self, samples: Int16Array, sequence: int | None) -> None:
+        """Queue a packet; `PacketsPlayed(sequence)` follows once aiortc pulled it for encoding."""
+        if not self._closed:
+            self.outbound.on_sent = self._sent
+            self.outbound.push(samples, sequence)
+
+    def set_source(self, source: Callable[[], None] | None) -> None:
+        """Let aiortc's frame deadlines drive the session's outbound tick (one pacing grid)."""
+        self.outbound.source = source
+
+    def pause_output(self) -> None:
+        """Hold the queued agent audio (silence meanwhile); nothing is dropped."""
+        self.outbound.paused = True
+
+    def resume_output(self) -> None:
+        self.outbound.paused = False
+
     def flush(self) -> int:
         """Drop agent audio queued for sending (barge-in): the caller must not hear it. Returns packets."""
         packets = len(self.outbound.fifo) // self.outbound.packet_samples
         self.outbound.fifo.clear()
+        self.outbound.paused = False
         return packets
+
+    def _sent(self, sequence: int) -> None:
+        self._played = sequence if self._played is None else max(self._played, sequence)
+        if self._events.empty():  # wake a waiting receive (the report itself is coalesced)
+            self._put(PacketsPlayed(sequence))
 
     def hang_up(self, reason: str) -> None:
         self.send_event({"type": "hangup", "reason": reason})

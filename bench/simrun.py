@@ -33,7 +33,7 @@ class SimConfig:
     """One agent configuration: a name for the tables and settings overrides on top of the defaults."""
 
     name: str
-    transport: str = "inproc"  # inproc | sip
+    transport: str = "inproc"  # inproc | sip | webrtc
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     concurrency: int = 4
 
@@ -91,11 +91,18 @@ async def run_calls(scenarios: list[Scenario], config: SimConfig, checkpoint: Pa
 
             def leg_factory() -> CallerLeg:
                 return SipCallerLeg(uri)  # the simulator re-cuts whatever sizes a leg delivers
+        elif config.transport == "webrtc":
+            from agent.sim_webrtc import WebRtcCallerLeg, start_test_server
+
+            base_url, stop = await start_test_server(runtime)
+
+            def leg_factory() -> CallerLeg:
+                return WebRtcCallerLeg(base_url)
         elif config.transport == "inproc":
             def leg_factory() -> CallerLeg:
                 return InprocLeg(runtime.calls)
         else:
-            raise ValueError(f"unknown transport {config.transport!r} (inproc or sip)")
+            raise ValueError(f"unknown transport {config.transport!r} (inproc, sip or webrtc)")
         rendered = [await render_audio(s, None) for s in scenarios]
         lookup = summaries_from(runtime.calls.summaries)
         gate = asyncio.Semaphore(max(1, config.concurrency))

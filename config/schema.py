@@ -55,6 +55,8 @@ class VadSettings:
 class TurnSettings:
     end_of_turn_silence_ms: int = spec(1200, min=100, max=10000)
     early_response_silence_ms: int = spec(300, min=0, max=10000)
+    barge_in_word_ms: int = spec(300, min=0, max=5000)
+    backchannel_max_ms: int = spec(1200, min=20, max=10000)
     barge_in_min_speech_ms: int = spec(600, min=20, max=5000)
     false_interruption_timeout_ms: int = spec(1500, min=100, max=10000)
     max_turn_ms: int = spec(30000, min=1000, max=600000)
@@ -62,6 +64,23 @@ class TurnSettings:
     speech_preroll_ms: int = spec(240, min=0, max=1000)
     dtmf_end_of_input_ms: int = spec(1500, min=100, max=10000)
     echo_gate: bool = spec(True)
+
+
+@dataclass(frozen=True)
+class EndpointingSettings:
+    detectors: tuple[str, ...] = spec(("prosodic",))
+    combine: str = spec("mean", choices=("min", "max", "mean"))
+    min_silence_ms: int = spec(250, min=50, max=10000)
+    max_silence_ms: int = spec(1600, min=50, max=10000)
+    unsure_probability: float = spec(0.55, min=0.0, max=1.0)
+    sure_probability: float = spec(0.75, min=0.0, max=1.0)
+    adaptive_initial_ms: int = spec(800, min=50, max=10000)
+    adaptive_min_ms: int = spec(500, min=50, max=10000)
+    adaptive_max_ms: int = spec(1600, min=50, max=10000)
+    adaptive_margin_ms: int = spec(250, min=0, max=5000)
+    learned_model_path: str = spec("")
+    learned_window_s: float = spec(8.0, min=0.5, max=30.0)
+    speculative_window_ms: int = spec(400, min=0, max=5000)
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,7 @@ class HttpSettings:
 class ServerSettings:
     max_calls: int = spec(8, min=1, max=10000)
     drain_timeout_s: float = spec(300.0, min=0.0, max=86400.0)
+    admission_step_margin: float = spec(0.8, min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     turn: TurnSettings = field(default_factory=TurnSettings)
+    endpointing: EndpointingSettings = field(default_factory=EndpointingSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     http: HttpSettings = field(default_factory=HttpSettings)

@@ -58,27 +58,30 @@ class StepSampling:
 
 def _conv_rows(layer: Lfm2DecoderLayer, x: torch.Tensor, past: torch.Tensor,
                advance: torch.Tensor) -> torch.Tensor:
+    """x [B, T, D]: T positions per row from each slot's conv state ``past`` [B, D, L-1]."""
     conv = layer.conv
-    b_gate, c_gate, h = conv.in_proj(x).transpose(-1, -2).chunk(3, dim=-2)  # each [B, D, 1]
+    n = x.shape[1]
+    b_gate, c_gate, h = conv.in_proj(x).transpose(-1, -2).chunk(3, dim=-2)  # each [B, D, T]
     full = torch.cat((past, b_gate * h), dim=-1)
     out = F.conv1d(full, conv.conv.weight, conv.conv.bias, groups=full.shape[1])
-    past.copy_(torch.where(advance[:, None, None], full[..., 1:], past))
+    past.copy_(torch.where(advance[:, None, None], full[..., n:], past))
     return conv.out_proj((c_gate * out).transpose(-1, -2).contiguous())
 
 
 def _attention_rows(layer: Lfm2DecoderLayer, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                     keys: torch.Tensor, values: torch.Tensor, write_at: torch.Tensor, valid: torch.Tensor,
                     rows: torch.Tensor) -> torch.Tensor:
+    """x [B, T, D]; ``write_at`` [B, T] where each new K/V goes; ``valid`` [B, T, kv_len] (causal)."""
     attn = layer.self_attn
-    bsz = x.shape[0]
-    q, k, v = attn.qkv(x, rope)  # q [B, H, 1, hd], k/v [B, Hkv, 1, hd]
-    heads = torch.arange(keys.shape[1], device=keys.device)[None, :]
-    at = (rows[:, None], heads, write_at[:, None])  # [B, Hkv] index pairs: the same ops at every batch size
-    keys.index_put_(at, k[:, :, 0])
-    values.index_put_(at, v[:, :, 0])
+    bsz, n = x.shape[0], x.shape[1]
+    q, k, v = attn.qkv(x, rope)  # q [B, H, T, hd], k/v [B, Hkv, T, hd]
+    heads = torch.arange(keys.shape[1], device=keys.device)[None, :, None]
+    at = (rows[:, None, None], heads, write_at[:, None, :])  # [B, Hkv, T]: the same ops at every batch size
+    keys.index_put_(at, k)
+    values.index_put_(at, v)
     kv_len = valid.shape[-1]
     kk, vv = keys[:, :, :kv_len], values[:, :, :kv_len]
-    mask = valid[:, None, None, :]
+    mask = valid[:, None, :, :]
     if q.shape[1] != kk.shape[1]:
         if _GQA_NATIVE:
             out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, enable_gqa=True)
@@ -88,7 +91,7 @@ def _attention_rows(layer: Lfm2DecoderLayer, x: torch.Tensor, rope: tuple[torch.
                                                  attn_mask=mask)
     else:
         out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
-    return attn.out_proj(out.transpose(1, 2).reshape(bsz, 1, -1))
+    return attn.out_proj(out.transpose(1, 2).reshape(bsz, n, -1))
 
 
 def backbone_rows(backbone: Lfm2Backbone, pool: BackbonePool, embeds: torch.Tensor, advance: torch.Tensor,
@@ -96,16 +99,26 @@ def backbone_rows(backbone: Lfm2Backbone, pool: BackbonePool, embeds: torch.Tens
     """One position for rows 0..B-1 of ``pool`` (B = embeds.shape[0]); rows with ``advance`` False keep
     their state. ``kv_len`` (static) must exceed every advancing row's position. Returns the
     final-normed hidden [B, hidden]."""
-    bsz = embeds.shape[0]
+    return backbone_positions(backbone, pool, embeds[:, None, :], advance, kv_len)[:, 0]
+
+
+def backbone_positions(backbone: Lfm2Backbone, pool: BackbonePool, embeds: torch.Tensor, advance: torch.Tensor,
+                       kv_len: int) -> torch.Tensor:
+    """T positions (embeds [B, T, hidden]) for rows 0..B-1 of ``pool``, causal within the T; rows with
+    ``advance`` False keep their state (their K/V go to the write-off row, conv state and position
+    stay). ``kv_len`` must reach every advancing row's position + T. Returns hidden [B, T, hidden]."""
+    bsz, n = embeds.shape[0], embeds.shape[1]
     cfg = backbone.config
     positions = pool.positions[:bsz]
+    steps = torch.arange(n, device=embeds.device)
+    at = positions[:, None] + steps[None, :]  # [B, T]
     trash = pool.context - 1  # never a valid position: rows that do not advance write here
-    write_at = torch.where(advance, positions, torch.full_like(positions, trash))
-    valid = torch.arange(kv_len, device=embeds.device)[None, :] <= positions[:, None]
+    write_at = torch.where(advance[:, None], at, torch.full_like(at, trash))
+    valid = torch.arange(kv_len, device=embeds.device)[None, None, :] <= at[:, :, None]  # [B, T, kv_len]
     rows = torch.arange(bsz, device=embeds.device)
-    cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, embeds.dtype)
-    rope = (cos[:, None, None, :], sin[:, None, None, :])
-    h = embeds[:, None, :]
+    cos, sin = rope_cos_sin(at, cfg.head_dim, cfg.rope_theta, embeds.dtype)
+    rope = (cos[:, None], sin[:, None])  # [B, 1, T, hd]
+    h = embeds
     for i, layer in enumerate(backbone.layers):
         assert isinstance(layer, Lfm2DecoderLayer)
         x = layer.operator_norm(h)
@@ -119,8 +132,8 @@ def backbone_rows(backbone: Lfm2Backbone, pool: BackbonePool, embeds: torch.Tens
             x = _conv_rows(layer, x, conv[:bsz], advance)
         x = x + h
         h = x + layer.feed_forward(layer.ffn_norm(x))
-    positions.add_(advance.to(positions.dtype))
-    out: torch.Tensor = backbone.embedding_norm(h)[:, 0]
+    positions.add_(advance.to(positions.dtype) * n)
+    out: torch.Tensor = backbone.embedding_norm(h)
     return out
 
 

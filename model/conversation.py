@@ -125,6 +125,8 @@ class Conversation:
         self.reopen: tuple[int, int, int, list[np.ndarray]] | None = None
         self.compactions = 0
         self.next_reply_id = 1
+        self._reply_turn_position = 0  # between open_reply and begin_reply
+        self._closing: GenJob | None = None  # between close_reply and reply_closed
 
     # -- embeddings -----------------------------------------------------------------------------
     @property
@@ -279,15 +281,28 @@ class Conversation:
     # -- replies ----------------------------------------------------------------------------------------
     def start_reply(self, n_text: int, n_audio: int, text_sampling: Sampling, audio_sampling: Sampling,
                     max_items: int) -> GenJob:
+        header = self.open_reply()
+        return self.begin_reply(self.feed(header), n_text, n_audio, text_sampling, audio_sampling, max_items)
+
+    def open_reply(self) -> torch.Tensor:
+        """First half of ``start_reply``: close the caller's turn and open the assistant turn. Returns
+        the header's embeddings [n, hidden], which the caller feeds to this state (alone, or in one
+        batched pass with other calls, ``model.batched.backbone_positions``) before ``begin_reply``."""
         self.close_user_turn()
         self.last_finished = None
-        turn_position = self.state.save()
-        hidden = self.append_segment("assistant", Segment("text", self.text_ids("<|im_start|>assistant\n")),
-                                     new_turn=True)
-        assert hidden is not None
+        self._reply_turn_position = self.state.save()
+        seg = Segment("text", self.text_ids("<|im_start|>assistant\n"))
+        self.ensure_room(seg.length)
+        self.turns.append(Turn("assistant"))
+        self.turns[-1].segments.append(seg)
+        return self.embed_segment(seg)
+
+    def begin_reply(self, hidden: torch.Tensor, n_text: int, n_audio: int, text_sampling: Sampling,
+                    audio_sampling: Sampling, max_items: int) -> GenJob:
+        """Second half of ``start_reply``, once the header is in the state (``hidden``: its last output)."""
         start = self.state.save()
         job = GenJob(self.next_reply_id, self.state, InterleavedSchedule(n_text, n_audio), text_sampling,
-                     audio_sampling, max_items, start, last_hidden=hidden, turn_position=turn_position)
+                     audio_sampling, max_items, start, last_hidden=hidden, turn_position=self._reply_turn_position)
         self.next_reply_id += 1
         self.job = job
         return job
@@ -298,29 +313,44 @@ class Conversation:
         A completed reply (None) stays cuttable by `truncate_finished` until the caller speaks again:
         its audio may still be playing when the caller cuts in.
         """
+        embeds, result = self.close_reply(keep_audio_frames)
+        if embeds is not None:
+            self.feed(embeds)
+        self.reply_closed(keep_audio_frames)
+        return result
+
+    def close_reply(self, keep_audio_frames: int | None) -> tuple[torch.Tensor | None, tuple[list[int], int]]:
+        """First half of ``finish_reply``: the history as heard, and the embeddings still to be fed
+        (a completed reply's last item and end of turn) or None; feed them, then ``reply_closed``."""
         job = self.job
         assert job is not None
         self.job = None
+        self._closing = job
         consumed = self.state.position - job.start_position
+        to_feed: list[torch.Tensor] = []
         if keep_audio_frames is None and job.pending is not None and consumed == len(job.items) - 1:
-            self.feed(job.pending[None])  # stopped at the length cap: the last item is not in yet
+            to_feed.append(job.pending[None])  # stopped at the length cap: the last item is not in yet
             consumed += 1
         if keep_audio_frames is None and consumed == len(job.items):
-            # every item is in the state already: only the end of the turn is missing
+            # every item is in the state already (or about to be): only the end of the turn is missing
             turn = self.turns[-1]
             turn.segments.extend(_items_to_segments(job.items))
             end = Segment("text", self.text_ids("<|im_end|>\n"))
             turn.segments.append(end)
-            self.feed(self.embed_segment(end))
-            result = _reply_result(job.items)
-        else:
-            self.turns.pop()
-            self.state.truncate(job.turn_position)
-            result = self._write_assistant_turn(job, keep_audio_frames)
+            to_feed.append(self.embed_segment(end))
+            return torch.cat(to_feed), _reply_result(job.items)
+        self.turns.pop()
+        self.state.truncate(job.turn_position)
+        return None, self._write_assistant_turn(job, keep_audio_frames)
+
+    def reply_closed(self, keep_audio_frames: int | None) -> None:
+        """Second half of ``finish_reply``, once ``close_reply``'s embeddings are in the state."""
+        job = self._closing
+        assert job is not None
+        self._closing = None
         self.state.forget_saves_before(job.turn_position if self.reopen is None else self.reopen[0])
         self.state.save()
         self.last_finished = job if keep_audio_frames is None else None
-        return result
 
     def retract_reply(self) -> bool:
         """Withdraw the reply to the last caller turn and reopen that turn (the caller only paused).

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from model.audio_decoder import FRAME_SAMPLES, DecoderStreams, decoder_codes
-from model.batched import GenerationStep, StepSampling
+from model.batched import GenerationStep, StepSampling, backbone_positions
 from model.checkpoint import LoadedModel
 from model.conversation import Conversation, GenJob, InputSettings
 from model.lfm2_audio import END_OF_AUDIO, Modality, Sampling
@@ -78,6 +78,7 @@ class EngineSettings:
     seed: int = 0
     slots: int = 16  # calls the static backbone state holds (the server's max_calls)
     cuda_graphs: bool = True  # on CUDA, replay the step as a graph per batch bucket (model.step_capture)
+    starts_per_step: int = 8  # replies that may start between two generation steps while others generate
 
 
 # -- events sent to a call --------------------------------------------------------------------------
@@ -282,16 +283,19 @@ class Engine:
     def active_calls(self) -> int:
         return len(self._calls)
 
-    def open(self, instructions: str | None = None) -> CallConversation:
-        """Register a call; its events arrive on the returned object's `events` queue."""
+    def open(self, instructions: str | None = None,
+             sink: Callable[[EngineEvent], None] | None = None) -> CallConversation:
+        """Register a call; its events arrive on the returned object's `events` queue (or, given
+        `sink`, are passed to it on the event loop's thread: ``agent.engine_thread``)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             conv_id = self._next_id
             self._next_id += 1
         handle = CallConversation(self, conv_id)
+        deliver = sink or handle.events.put_nowait
 
         def emit(event: EngineEvent) -> None:
-            loop.call_soon_threadsafe(handle.events.put_nowait, event)
+            loop.call_soon_threadsafe(deliver, event)
 
         self._submit(_Cmd("open", conv_id, (emit, instructions or "")))
         return handle
@@ -430,30 +434,99 @@ class Engine:
         job.decoder_slot = self.streams.open()
         call.reply_text = ""
 
-    def _start_reply(self, call: _Call) -> None:
-        assert call.conv is not None
+    def _start_replies(self, starts: list[tuple[int, _Call]]) -> None:
+        """Start the replies of every call in ``starts``: each closes its turn and opens the assistant
+        turn (guarded per call), then ONE batched backbone pass feeds every header
+        (``_feed_rows``), then each reply begins."""
         s = self.settings
         cfg = self.loaded.config
+        opened: list[tuple[int, _Call, torch.Tensor]] = []
+        for cid, call in starts:
+            def open_one(cid: int = cid, call: _Call = call) -> None:
+                assert call.conv is not None
+                opened.append((cid, call, call.conv.open_reply()))
+            self._guard([cid], open_one)
+        hidden: list[torch.Tensor] = []
+
+        def feed() -> None:
+            work = []
+            for _, call, embeds in opened:
+                assert call.conv is not None and isinstance(call.conv.state, SlotState)
+                work.append((call.conv.state, embeds))
+            hidden.extend(self._feed_rows(work))
+        if not opened or not self._guard([cid for cid, _, _ in opened], feed):
+            return
         max_items = min(s.max_reply_items, s.reply_reserve_tokens - 2)
-        job = call.conv.start_reply(cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
-                                    s.audio_sampling, max_items)
-        job.tag = call.respond_tag
-        job.decoder_slot = self.streams.open()
-        call.reply_text = ""
+        for (cid, call, _), h in zip(opened, hidden, strict=True):
+            def begin(call: _Call = call, h: torch.Tensor = h) -> None:
+                assert call.conv is not None
+                job = call.conv.begin_reply(h, cfg.interleaved_n_text, cfg.interleaved_n_audio, s.text_sampling,
+                                            s.audio_sampling, max_items)
+                job.tag = call.respond_tag
+                job.decoder_slot = self.streams.open()
+                call.reply_text = ""
+            self._guard([cid], begin)
+
+    def _feed_rows(self, work: list[tuple[SlotState, torch.Tensor]]) -> list[torch.Tensor]:
+        """Feed each slot its embeddings [n, hidden]: one batched backbone pass per distinct n (the
+        reply headers and ends of turn of every call are the same length), the other rows untouched.
+        Returns each slot's last final-normed hidden [hidden]."""
+        pool = self.pool
+        out: list[torch.Tensor | None] = [None] * len(work)
+        by_length: dict[int, list[int]] = {}
+        for i, (_, embeds) in enumerate(work):
+            by_length.setdefault(int(embeds.shape[0]), []).append(i)
+        for n, members in by_length.items():
+            states = [work[i][0] for i in members]
+            for st in states:
+                st.reserve(st.position + n)
+            rows = max(st.slot for st in states) + 1
+            first = work[members[0]][1]
+            embeds = torch.zeros(rows, n, first.shape[-1], device=first.device, dtype=first.dtype)
+            slots = torch.tensor([st.slot for st in states], device=first.device)
+            embeds[slots] = torch.stack([work[i][1] for i in members])
+            advance = torch.zeros(rows, dtype=torch.bool)
+            advance[[st.slot for st in states]] = True
+            kv_len = max(st.position for st in states) + n
+            with torch.no_grad():
+                hidden = backbone_positions(self.loaded.model.lfm, pool, embeds, advance.to(first.device), kv_len)
+            for i, st in zip(members, states, strict=True):
+                st.advanced(n)
+                out[i] = hidden[st.slot, -1]
+        return [h for h in out if h is not None]
 
     def _finish(self, call: _Call, keep: int | None) -> ReplyFinished:
-        conv = call.conv
-        assert conv is not None and conv.job is not None
-        job = conv.job
-        generated = job.audio_frames
-        if keep is None:
-            self._flush_tails([(call, job)])
-        self._release_stream(job)
-        ids, frames = conv.finish_reply(keep)
-        text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        event = ReplyFinished(job.reply_id, text, frames, keep is not None, generated, job.tag)
-        call.emit(event)
-        return event
+        return self._finish_many([(call, keep)])[0]
+
+    def _finish_many(self, work: list[tuple[_Call, int | None]]) -> list[ReplyFinished]:
+        """Close the replies of ``work`` (keep: audio frames heard, None for all): decoder tails,
+        the history as heard, and every completed reply's end of turn in one batched feed."""
+        jobs = []
+        for call, _ in work:
+            assert call.conv is not None and call.conv.job is not None
+            jobs.append(call.conv.job)
+        self._flush_tails([(c, j) for (c, keep), j in zip(work, jobs, strict=True) if keep is None])
+        feeds: list[tuple[SlotState, torch.Tensor]] = []
+        results = []
+        for (call, keep), job in zip(work, jobs, strict=True):
+            self._release_stream(job)
+            assert call.conv is not None
+            embeds, result = call.conv.close_reply(keep)
+            results.append(result)
+            if embeds is not None:
+                assert isinstance(call.conv.state, SlotState)
+                feeds.append((call.conv.state, embeds))
+        if feeds:
+            self._feed_rows(feeds)
+        events = []
+        for (call, keep), job, (ids, frames) in zip(work, jobs, results, strict=True):
+            assert call.conv is not None
+            call.conv.reply_closed(keep)
+            text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+            event = ReplyFinished(job.reply_id, text, frames, keep is not None, job.audio_frames, job.tag)
+            call.emit(event)
+            events.append(event)
+        return events
 
     def _guard(self, conv_ids: list[int], work: Callable[[], None]) -> bool:
         """Run work; on an exception the calls involved get an error event and are reset."""
@@ -506,9 +579,10 @@ class Engine:
                 jobs.append((call, job))
         if jobs:
             self._run_step(jobs)
-        for c, j in ((call, call.conv.job) for _, call in active if call.conv is not None and call.conv.job):
-            if j.done:
-                self._finish(c, keep=None)
+        done = [(call, None) for _, call in active
+                if call.conv is not None and call.conv.job is not None and call.conv.job.done]
+        if done:
+            self._finish_many(done)  # type: ignore[arg-type]
 
     def _run_step(self, jobs: list[tuple[_Call, GenJob]]) -> None:
         pool = self.pool
@@ -634,20 +708,31 @@ class Engine:
                     else:
                         conv.add_frame(item)
                 call.deferred_frames = []
-        # end of turn first: it is on the latency path
+        # end of turn first: it is on the latency path. The replies that start now open together (one
+        # batched feed of their headers: one unit of the budget), at most `starts_per_step` of them
+        # while others are generating
+        starts: list[tuple[int, _Call]] = []
+        limit = self.settings.starts_per_step if generating else 1 << 30
         for cid, call in list(self._calls.items()):
-            if budget == 0:
-                return
             conv = call.conv
             if conv is None or conv.job is not None or not call.end_turn_requested:
                 continue
+            if call.respond_requested:
+                if len(starts) >= limit:
+                    continue
+                call.end_turn_requested = call.respond_requested = False
+                starts.append((cid, call))
+                continue
+            if budget == 0:
+                continue
             budget -= 1
-            respond = call.respond_requested
-            call.end_turn_requested = call.respond_requested = False
-            if respond:
-                self._guard([cid], lambda call=call: self._start_reply(call))  # type: ignore[misc]
-            else:
-                self._guard([cid], conv.close_user_turn)
+            call.end_turn_requested = False
+            self._guard([cid], conv.close_user_turn)
+        if starts:
+            budget = max(budget - 1, 0)
+            self._start_replies(starts)
+        if budget == 0:
+            return
         ids = list(self._calls)
         if not ids:
             return

@@ -5,8 +5,9 @@ Theory of operation
 One ``UserAgent`` (sans-IO) on one UDP socket (``udp.py``). For each ``IncomingCall`` from an
 allowed source (the UA itself answers 403/401 otherwise):
 
-1. admission — ``calls.check_admission()`` plus calls already answered but not yet running;
-   refused → 503 (counted in ``calls_refused{transport="sip"}``);
+1. admission — ``calls.reserve("sip")`` takes a slot of the one capacity authority
+   (agent/capacity.py) at the INVITE; refused → 503 (counted in ``calls_refused{transport="sip"}``);
+   the slot is committed when the 200 OK goes out and released on every end;
 2. SDP — ``negotiate_answer`` with our codec preferences; nothing acceptable → 488;
 3. an RTP socket on a free even port of the range, then 200 OK with our answer;
 4. on the ACK (``CallEstablished``) the media starts and ``calls.run_call(SipCallTransport)``
@@ -25,7 +26,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.calls import CallManager, CallRefused
+from agent.calls import CallManager
+from agent.capacity import CallRefused, Reservation
 from agent.log import call_context, event
 from agent.metrics import Metrics
 from agent.session import CallSummary
@@ -73,6 +75,7 @@ class _GatewayCall:
     media: CallMedia | None = None
     transport: SipCallTransport | None = None
     task: asyncio.Task[None] | None = None
+    reservation: Reservation | None = None  # its capacity slot, from the INVITE (or dial) to the end
     done: asyncio.Future[CallSummary | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -127,7 +130,7 @@ class SipGateway:
             auth_users={s.auth_username: s.auth_password} if creds else {},
             credentials=creds,
             media_preferences=self.preferences,
-            is_full=lambda: self.calls.free_slots <= self._answered_waiting(),
+            is_full=lambda: self.calls.free_slots <= 0,
         )
         self.ua = UserAgent(config)
         self.endpoint = SipUdpEndpoint(self.ua, self._on_event, self._count_bad, self._sync_stats)
@@ -189,16 +192,23 @@ class SipGateway:
         """
         if self.ua is None or self.endpoint is None:
             raise RuntimeError("SipGateway is not started")
-        self._admit()
-        sock = await open_rtp_socket(self.settings.listen_host, self.settings.rtp_port_min, self.settings.rtp_port_max)
+        reservation = self.calls.reserve(TRANSPORT_LABEL)
+        try:
+            sock = await open_rtp_socket(self.settings.listen_host, self.settings.rtp_port_min,
+                                         self.settings.rtp_port_max)
+        except BaseException:
+            reservation.release()
+            raise
         try:
             offer = build_offer(local_address=self.advertised_host, local_port=sock.port,
                                 session_id=secrets.randbits(31), preferences=self.preferences).to_bytes()
             call_id = self.ua.invite(uri, offer, self.endpoint.now)
         except (SipBridgeError, ValueError):
             sock.transport.close()
+            reservation.release()
             raise
-        self._calls[call_id] = _GatewayCall(call_id, self.calls.new_call_id("sip"), True, sock, offer)
+        self._calls[call_id] = _GatewayCall(call_id, self.calls.new_call_id("sip"), True, sock, offer,
+                                            reservation=reservation)
         self.endpoint.pump()
         event(log, "sip.dialing", uri=uri, call_id=call_id)
         return call_id
@@ -235,21 +245,11 @@ class SipGateway:
             self.registered = False
             event(log, "sip.registration_failed", logging.WARNING, aor=ev.aor, status=ev.status_code, reason=ev.reason)
 
-    def _answered_waiting(self) -> int:
-        """Calls answered (or being answered) whose session has not started yet: they hold slots."""
-        return sum(1 for c in self._calls.values() if c.task is None)
-
-    def _admit(self) -> None:
-        self.calls.check_admission()
-        if self._answered_waiting() >= self.calls.free_slots:
-            self.calls.counters.refused_full += 1
-            raise CallRefused("full")
-
     def _incoming(self, ev: IncomingCall) -> None:
         assert self.ua is not None and self.endpoint is not None
         now = self.endpoint.now
         try:
-            self._admit()
+            reservation = self.calls.reserve(TRANSPORT_LABEL)  # the slot is held from the INVITE on
         except CallRefused as exc:
             self.metrics.calls_refused.labels(TRANSPORT_LABEL, exc.reason).inc()
             self.ua.reject(ev.call_id, 503, now, reason=f"Service Unavailable - {exc.reason}")
@@ -259,11 +259,12 @@ class SipGateway:
             if ev.offer:
                 self._negotiate(ev.offer, 0)  # fail fast (488) before binding a port
         except (NoAcceptableCodec, SdpError) as exc:
+            reservation.release()
             self.metrics.bad_input.labels("sdp").inc()
             self.ua.reject(ev.call_id, 488, now, reason="Not Acceptable Here")
             event(log, "sip.not_acceptable", call_id=ev.call_id, error=str(exc)[:120])
             return
-        call = _GatewayCall(ev.call_id, self.calls.new_call_id("sip"), False)
+        call = _GatewayCall(ev.call_id, self.calls.new_call_id("sip"), False, reservation=reservation)
         self._calls[ev.call_id] = call
         event(log, "sip.incoming", call_id=ev.call_id, source=f"{ev.remote_addr[0]}:{ev.remote_addr[1]}",
               from_uri=ev.from_uri)
@@ -305,6 +306,8 @@ class SipGateway:
         else:  # delayed offer (RFC 3261 §13.2.1): our offer goes in the 200, the answer in the ACK
             call.offer = sdp = build_offer(local_address=self.advertised_host, local_port=call.sock.port,
                                            session_id=secrets.randbits(31), preferences=self.preferences).to_bytes()
+        if call.reservation is not None:
+            call.reservation.commit()  # the 200 OK goes out now: from here on the call is never refused
         self.ua.answer(call.call_id, sdp, self.endpoint.now)
         self.endpoint.pump()
 
@@ -359,7 +362,7 @@ class SipGateway:
                 event(log, "sip.call_running", sip_call_id=call.call_id, codec=call.media.negotiated.codec.name,
                       remote=str(call.media.remote_address))
                 summary = await self.calls.run_call(call.transport, call_id=call.agent_call_id,
-                                                    external_id=call.call_id)
+                                                    external_id=call.call_id, reservation=call.reservation)
             self.metrics.observe_call(summary, TRANSPORT_LABEL)
         except CallRefused as exc:
             self.metrics.calls_refused.labels(TRANSPORT_LABEL, exc.reason).inc()
@@ -367,6 +370,8 @@ class SipGateway:
             event(log, "sip.call_failed", logging.ERROR, call_id=call.call_id, error=repr(exc)[:200])
         finally:
             gauge.dec()
+            if call.transport.dropped_audio:
+                self.metrics.dropped_frames.labels("sip_inbound").inc(call.transport.dropped_audio)
             if not call.transport.ended:
                 call.transport.remote_ended("session ended")
             self._hangup_ua(call.call_id)
@@ -405,6 +410,8 @@ class SipGateway:
         self.endpoint.pump()
 
     async def _cleanup(self, call: _GatewayCall, summary: CallSummary | None) -> None:
+        if call.reservation is not None:
+            call.reservation.release()
         if self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]
         if call.media is not None:

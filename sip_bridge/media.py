@@ -185,7 +185,14 @@ class CallMedia:
         self._latched = False
         self._remote_ssrc: int | None = None
         self._set_resamplers()
-        self.pacer: PacedSender[Int16Array] = PacedSender(self._clock(), packet_ms=PACKET_MS)
+        # (samples, playout sequence or None, queued at): a sequence is reported to on_sent once it left
+        self.pacer: PacedSender[tuple[Int16Array, int | None, float]] = PacedSender(self._clock(), packet_ms=PACKET_MS)
+        self.on_sent: Callable[[int], None] | None = None
+        # called once per send deadline, before the packet is taken: the session makes its packet for
+        # this very deadline (one pacing grid per call, no wait in the queue for a second grid)
+        self.source: Callable[[], None] | None = None
+        self.queue_wait_s: list[float] = []  # how long each tracked packet waited in the queue, bounded
+        self.output_paused = False  # hold the queued agent audio (a suspected interruption), send silence
         self._dtmf_out: list[EventPacket] = []
         self._dtmf_timestamp = 0
         self._last_rx_s = self._clock()
@@ -259,13 +266,21 @@ class CallMedia:
         self.sock.transport.close()
 
     # --- sending --------------------------------------------------------------------------------------
-    def send_pcm(self, samples: Int16Array) -> None:
-        """Queue one 20 ms packet at the transport rate (never blocks)."""
+    def send_pcm(self, samples: Int16Array, sequence: int | None = None) -> None:
+        """Queue one 20 ms packet at the transport rate (never blocks); `sequence`, if given, is passed
+        to ``on_sent`` when the packet has really been sent (not dropped, not replaced by DTMF)."""
         if not self._closed:
-            self.pacer.enqueue(samples, droppable=not samples.any())
+            self.pacer.enqueue((samples, sequence, self._clock()), droppable=sequence is None and not samples.any())
+
+    def pause_output(self) -> None:
+        self.output_paused = True
+
+    def resume_output(self) -> None:
+        self.output_paused = False
 
     def flush_output(self) -> int:
         """Drop queued outgoing audio at once (barge-in); returns the packets dropped."""
+        self.output_paused = False
         return self.pacer.flush()
 
     def send_dtmf(self, digit: str, duration_ms: int = 160) -> None:
@@ -282,7 +297,10 @@ class CallMedia:
                 await asyncio.sleep(delay)
             now = self._clock()
             try:
-                for _ in range(self.pacer.due(now)):
+                due = self.pacer.due(now)
+                if due and self.source is not None:
+                    self.source()
+                for _ in range(due):
                     self._send_tick(now)
                 if self.pacer.skipped_last:  # RTP time follows wall time across a stall (RFC 3550 §5.1)
                     self.writer.advance(self.pacer.skipped_last * self.negotiated.codec.clock_rate * PACKET_MS // 1000)
@@ -292,7 +310,8 @@ class CallMedia:
                 event(log, "rtp.send_error", logging.WARNING, error=repr(exc))
 
     def _send_tick(self, now: float) -> None:
-        pcm = self.pacer.take()
+        item = None if self.output_paused else self.pacer.take()
+        pcm, sequence, queued_s = item if item is not None else (None, None, now)
         ticks = self.negotiated.codec.clock_rate * PACKET_MS // 1000
         if not self.sending:
             self.writer.advance(ticks)
@@ -319,6 +338,11 @@ class CallMedia:
                                   marker=self.writer.packets_sent == 0)
         self._sendto(data, now)
         self.writer.advance(ticks)
+        if sequence is not None:
+            if len(self.queue_wait_s) < 100_000:
+                self.queue_wait_s.append(now - queued_s)
+            if self.on_sent is not None:
+                self.on_sent(sequence)
 
     def _sendto(self, data: bytes, now: float) -> None:
         assert self._remote is not None

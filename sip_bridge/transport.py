@@ -2,8 +2,10 @@
 
 Caller audio decoded by ``CallMedia`` and DTMF (RFC 4733 or SIP INFO) are queued as transport
 events; the call's end (remote BYE, CANCEL, RTP timeout, our own hang-up) queues ``HungUp``,
-always the last event. ``send`` queues agent audio in the media pacer; ``flush`` drops what is
-queued (barge-in); ``hang_up`` asks the gateway to send BYE.
+always the last event. ``send`` queues agent audio in the media pacer (``send_tracked``: and reports each packet
+that really left as ``PacketsPlayed``, the session's truth of what was heard); ``pause_output``
+holds what is queued (a suspected interruption), ``flush`` drops it (barge-in); ``hang_up`` asks
+the gateway to send BYE.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, TransportEvent
+from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, PacketsPlayed, TransportEvent
 from sip_bridge.media import CallMedia
 
-MAX_QUEUED_EVENTS = 500  # 10 s of 20 ms packets: beyond it the session is not reading
+MAX_BACKLOG_MS = 200  # caller audio waiting for the session: beyond it new packets are dropped (counted)
 
 
 class SipCallTransport:
@@ -25,7 +27,8 @@ class SipCallTransport:
         self._rate = media.transport_rate
         self._events: asyncio.Queue[TransportEvent] = asyncio.Queue()
         self._ended = False
-        self.dropped_audio = 0
+        self.dropped_audio = 0  # caller packets dropped because the session fell MAX_BACKLOG_MS behind
+        self._queued_samples = 0
         self.hangup_reason: str | None = None
 
     @property
@@ -37,11 +40,31 @@ class SipCallTransport:
         return self._ended
 
     async def receive(self) -> TransportEvent:
-        return await self._events.get()
+        ev = await self._events.get()
+        if isinstance(ev, AudioReceived):
+            self._queued_samples -= len(ev.samples)
+        return ev
 
     def send(self, samples: Int16Array) -> None:
         if not self._ended:
             self.media.send_pcm(samples)
+
+    def send_tracked(self, samples: Int16Array, sequence: int | None) -> None:
+        """Queue a packet; `PacketsPlayed(sequence)` follows once it was really sent on the wire."""
+        if not self._ended:
+            self.media.on_sent = self._sent
+            self.media.send_pcm(samples, sequence)
+
+    def set_source(self, source: Callable[[], None] | None) -> None:
+        """Let the media's send deadlines drive the session's outbound tick (one pacing grid)."""
+        self.media.source = source
+
+    def pause_output(self) -> None:
+        """Hold the queued agent audio (sending silence meanwhile); nothing is dropped."""
+        self.media.pause_output()
+
+    def resume_output(self) -> None:
+        self.media.resume_output()
 
     def flush(self) -> int:
         """Drop queued agent audio at once (barge-in); returns the packets dropped."""
@@ -57,14 +80,19 @@ class SipCallTransport:
     def audio_received(self, samples: Int16Array) -> None:
         if self._ended:
             return
-        if self._events.qsize() >= MAX_QUEUED_EVENTS:
+        if (self._queued_samples + len(samples)) * 1000 > MAX_BACKLOG_MS * self._rate:
             self.dropped_audio += 1
             return
+        self._queued_samples += len(samples)
         self._events.put_nowait(AudioReceived(samples))
 
     def dtmf_received(self, digit: str, duration_ms: int) -> None:
         if not self._ended:
             self._events.put_nowait(DtmfReceived(digit, duration_ms))
+
+    def _sent(self, sequence: int) -> None:
+        if not self._ended:
+            self._events.put_nowait(PacketsPlayed(sequence))
 
     def remote_ended(self, reason: str) -> None:
         """The call is over (BYE, CANCEL, RTP timeout, our hang-up): HungUp is the last event."""

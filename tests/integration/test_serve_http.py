@@ -29,8 +29,21 @@ class FakeChoice:
 
 @dataclass
 class FakeEngine:
+    """A scripted engine host: its state and refusal are set by the test."""
+
     step_seconds: list[float] = field(default_factory=lambda: [0.004, 0.006])
     steps: int = 2
+    state: str = "running"
+    pid: int = 4242
+    restarts: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"engine_backlog": 3})
+    on_lost: list[Any] = field(default_factory=list)
+
+    def refusal(self, now: float | None = None) -> str | None:
+        return None if self.state == "running" else "engine_restarting"
+
+    def health(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": self.pid, "restarts": self.restarts}
 
 
 @dataclass
@@ -53,8 +66,9 @@ class FakeGateway:
 
 
 def make_app(http: HttpSettings, max_calls: int = 2, gateway: FakeGateway | None = None) -> HttpApp:
-    calls = CallManager(cast(Any, None), SessionOptions(), EnergyVad, max_calls)
-    runtime = cast(Runtime, FakeRuntime(Settings(), calls))
+    engine = FakeEngine()
+    calls = CallManager(cast(Any, engine), SessionOptions(), EnergyVad, max_calls)
+    runtime = cast(Runtime, FakeRuntime(Settings(), calls, engine=engine))
     app = HttpApp(runtime, Metrics(), gateway, http=http)
     app.ready = True
     return app
@@ -177,9 +191,26 @@ async def test_healthz_reports_capacity_and_model(open_client: Any) -> None:
     body = await resp.json()
     assert resp.status == 200
     assert body == {"ready": True, "draining": False, "accepting": True, "active_calls": 0, "capacity": 3,
-                    "free_slots": 3, "model": "fake model", "sip": False, "auth": False}
+                    "free_slots": 3, "model": "fake model", "sip": False, "auth": False,
+                    "engine": {"state": "running", "pid": 4242, "restarts": 0}}
     app.ready = False
     assert (await client.get("/healthz")).status == 503
+
+
+async def test_engine_restarting_answers_503_and_healthz_shows_it(open_client: Any) -> None:
+    app = make_app(HttpSettings(), max_calls=3)
+    client = await open_client(app)
+    engine = cast(FakeEngine, app.runtime.engine)
+    engine.state, engine.pid, engine.restarts = "restarting", 4343, 1
+    resp = await client.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 503 and body["accepting"] is False
+    assert body["engine"] == {"state": "restarting", "pid": 4343, "restarts": 1}
+    resp = await client.post("/offer", json={"sdp": OFFER, "type": "offer"})
+    assert resp.status == 503 and (await resp.json())["reason"] == "engine_restarting"
+    assert app.calls.counters.refused_engine == 1
+    engine.state = "running"
+    assert (await client.get("/healthz")).status == 200
 
 
 async def test_metrics_render_engine_steps_and_active_calls(open_client: Any) -> None:
@@ -190,6 +221,10 @@ async def test_metrics_render_engine_steps_and_active_calls(open_client: Any) ->
     assert resp.status == 200 and resp.content_type == "text/plain"
     assert "lfmcall_engine_step_seconds_count 2.0" in text
     assert 'lfmcall_calls_active{transport="webrtc"} 0.0' in text
+    assert 'lfmcall_dropped_frames_total{where="engine_backlog"} 3.0' in text
+    cast(FakeEngine, app.runtime.engine).dropped["engine_backlog"] = 5
+    text = await (await client.get("/metrics")).text()
+    assert 'lfmcall_dropped_frames_total{where="engine_backlog"} 5.0' in text
 
 
 async def test_cors_only_for_listed_origins(open_client: Any) -> None:

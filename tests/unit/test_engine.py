@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.batched import backbone_rows
+from model.batched import backbone_positions, backbone_rows
 from model.checkpoint import LoadedModel, load_model
 from model.conversation import Conversation, InputSettings, Segment, heard_items
 from model.engine import AgentAudio, CallConversation, Engine, EngineError, EngineSettings, ReplyFinished
@@ -110,19 +110,61 @@ def test_depthformer_batched_equals_one_by_one(loaded: LoadedModel) -> None:
     assert torch.equal(batched, solo)
 
 
-def test_concurrent_calls_get_the_same_replies_as_alone(loaded: LoadedModel) -> None:
-    waves = [speech_like(1.5, seed) for seed in range(3)]
+def test_several_positions_per_row_equal_each_slot_fed_alone(loaded: LoadedModel) -> None:
+    """``backbone_positions``: n positions for several slots in one pass (causal within the n) equals each
+    state fed alone, and a slot that does not advance keeps its K/V, conv state and position."""
+    lfm = loaded.model.lfm
+    gen = torch.Generator().manual_seed(4)
+    lengths = [6, 2, 9]
+    pool = BackbonePool(lfm.config, slots=4, context=64, device="cpu", dtype=torch.float32)
+    slot_states = [pool.open_state() for _ in lengths]
+    solo_states = []
+    for n, slot in zip(lengths, slot_states, strict=True):
+        prompt = torch.randn(1, n, lfm.config.hidden_size, generator=gen)
+        a = lfm.new_state()
+        lfm(prompt, a)
+        lfm(prompt, slot)
+        solo_states.append(a)
+    idle = 1
+    frozen_keys = [k[idle, :, :-1].clone() for k in pool.keys if k is not None]  # the last row is the write-off
+    frozen_conv = [c[idle].clone() for c in pool.conv if c is not None]
+    advance = torch.tensor([i != idle for i in range(len(lengths))])
+    x = torch.randn(len(lengths), 3, lfm.config.hidden_size, generator=gen)
+    out = backbone_positions(lfm, pool, x, advance, max(lengths) + 3)
+    for i, s in enumerate(slot_states):
+        if advance[i]:
+            s.advanced(3)
+            torch.testing.assert_close(out[i], lfm(x[i, None], solo_states[i])[0], atol=1e-5, rtol=1e-5)
+    assert pool.positions.tolist()[:3] == [9, 2, 12]
+    assert all(torch.equal(a, k[idle, :, :-1]) for a, k in zip(frozen_keys, [k for k in pool.keys if k is not None],
+                                                      strict=True))
+    assert all(torch.equal(a, c[idle]) for a, c in zip(frozen_conv, [c for c in pool.conv if c is not None],
+                                                      strict=True))
+    # and every state goes on as if it had been fed alone
+    y = torch.randn(1, 1, lfm.config.hidden_size, generator=gen)
+    for slot, solo in zip(slot_states, solo_states, strict=True):
+        torch.testing.assert_close(lfm(y, slot), lfm(y, solo), atol=1e-5, rtol=1e-5)
 
-    async def alone(w: np.ndarray) -> list[tuple[int, ...]]:
+
+def test_concurrent_calls_get_the_same_replies_as_alone(loaded: LoadedModel) -> None:
+    """Two turns per call: replies that start together (one batched feed of their headers) and end
+    together (one batched feed of their ends of turn) equal each call alone."""
+    waves = [speech_like(1.5, seed) for seed in range(3)]
+    second = [speech_like(0.8, 10 + seed) for seed in range(3)]
+
+    async def alone(w: np.ndarray, w2: np.ndarray) -> list[tuple[int, ...]]:
         engine = Engine(loaded, EngineSettings(input_mode="turn", max_reply_items=60))
         engine.start()
         try:
             conv = engine.open()
-            feed(conv, w)
-            conv.respond()
-            frames, done = await reply(conv)
-            assert isinstance(done, ReplyFinished)
-            return [f.codes for f in frames]
+            codes = []
+            for wave in (w, w2):
+                feed(conv, wave)
+                conv.respond()
+                frames, done = await reply(conv)
+                assert isinstance(done, ReplyFinished)
+                codes += [f.codes for f in frames]
+            return codes
         finally:
             engine.stop()
 
@@ -131,17 +173,21 @@ def test_concurrent_calls_get_the_same_replies_as_alone(loaded: LoadedModel) -> 
         engine.start()
         try:
             convs = [engine.open() for _ in waves]
-            for conv, w in zip(convs, waves, strict=True):
-                feed(conv, w)
-            for conv in convs:
-                conv.respond()
-            results = await asyncio.gather(*(reply(c) for c in convs))
-            assert engine.steps < sum(len(f) for f, _ in results)  # steps were shared
-            return [[f.codes for f in frames] for frames, _ in results]
+            codes: list[list[tuple[int, ...]]] = [[] for _ in convs]
+            for turn in (waves, second):
+                for conv, w in zip(convs, turn, strict=True):
+                    feed(conv, w)
+                for conv in convs:
+                    conv.respond()
+                results = await asyncio.gather(*(reply(c) for c in convs))
+                assert engine.steps < sum(len(f) for f, _ in results)  # steps were shared
+                for i, (frames, _) in enumerate(results):
+                    codes[i] += [f.codes for f in frames]
+            return codes
         finally:
             engine.stop()
 
-    solo = [asyncio.run(alone(w)) for w in waves]
+    solo = [asyncio.run(alone(w, w2)) for w, w2 in zip(waves, second, strict=True)]
     assert all(len(s) > 0 for s in solo)
     assert asyncio.run(together()) == solo
 

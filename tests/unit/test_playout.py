@@ -251,6 +251,17 @@ def test_clear_while_held_reports_only_what_was_handed_out() -> None:
     assert not playout.held
 
 
+def test_a_report_that_never_comes_does_not_keep_the_agent_speaking() -> None:
+    playout = Playout(SETTINGS)
+    playout.push(chunk(0), epoch=0, step_index=0)
+    playout.mark_end(0)
+    packets, _ = pull_every_20ms(playout, 0, 60)
+    playout.mark_played(packets[1].sequence)  # the last two packets are never reported (dropped on the way)
+    assert playout.pull(1000).events == []
+    late = playout.pull(60 + SETTINGS.output_latency_ms + SETTINGS.packet_ms + SETTINGS.report_grace_ms).events
+    assert isinstance(late[0], AgentAudioFinished) and late[0].played_ms == 40
+
+
 def test_dropped_audio_is_counted_for_the_metric() -> None:
     """Late packets and stale frames reach lfmcall_dropped_frames_total through the call's summary."""
     from agent.metrics import Metrics
