@@ -3,7 +3,7 @@
     python -m bench.gpu                   # H100/H200: full-size architecture, random bf16 weights
     python -m bench.gpu --smoke           # CPU, tiny sizes: proves the script runs and prints the table
 
-Builds ``../shared/fixtures/lfm2-audio-1.5b-config.json`` with random weights (no download; the real
+Builds ``tests/fixtures/lfm2-audio-1.5b-config.json`` with random weights (no download; the real
 Mimi architecture, random) and measures, per variant (eager; torch.compile of the feed-forward
 blocks; the same with CUDA graphs through ``mode="reduce-overhead"``, CUDA only):
 
