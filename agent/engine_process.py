@@ -244,13 +244,23 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     import torch
 
     from agent.commands import choice_is_tiny, engine_settings, load_choice
+    from agent.errors import CliError
     from model.engine import Engine
+    from model.errors import CheckpointError
 
     if threads > 0:
         torch.set_num_threads(threads)
-    loaded = load_choice(settings.model, choice)
-    tiny = choice_is_tiny(loaded)
-    engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
+    try:
+        loaded = load_choice(settings.model, choice)
+        tiny = choice_is_tiny(loaded)
+        engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
+    except Exception as exc:  # e.g. a checkpoint error: the call process says why, no traceback here
+        message = str(exc) if isinstance(exc, (CheckpointError, CliError, OSError)) else \
+            f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            sock.sendall(wire.failed(message))
+        sock.close()
+        raise SystemExit(1) from None
     info = {"description": choice.description, "device": str(loaded.device), "dtype": str(loaded.dtype),
             "decoder": loaded.decoder.name if loaded.decoder is not None else "none", "tiny": tiny}
     asyncio.run(_EngineHost(sock, engine, info).run())
@@ -444,6 +454,8 @@ class EngineProcessClient:
                     data = sock.recv(1 << 16)
                     bodies = frames.push(data) if data else []
                     if bodies:
+                        if bodies[0][:1] == bytes([wire.FAILED]):
+                            raise EngineStartError(wire.decode_failed(bodies[0]))
                         if bodies[0][:1] != bytes([wire.READY]):
                             raise EngineStartError(f"the engine process sent kind {bodies[0][:1]!r} before READY")
                         self._ready(bodies[0])

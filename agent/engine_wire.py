@@ -6,8 +6,9 @@ packed by a fixed code: ``i`` int64, ``o`` optional int64, ``b`` bool, ``s`` str
 UTF-8), ``p`` float32 samples (u32 count + raw), ``c`` codes (u8 count + int32 each). Caller audio
 is 5 KB per 80 ms (1280 float32), agent audio 7.7 KB (1920 float32). Nothing is pickled.
 
-Besides the engine_api values, three control frames: STOP (call process -> engine: exit),
-READY (engine -> call process: its pid and what it loaded, JSON) and STATS (engine -> call
+Besides the engine_api values, four control frames: STOP (call process -> engine: exit),
+READY (engine -> call process: its pid and what it loaded, JSON), FAILED (engine -> call process,
+instead of READY: why it could not start, e.g. a checkpoint error, UTF-8) and STATS (engine -> call
 process every 200 ms: step count, open calls, frames its bounded queue refused, new step times).
 A malformed frame raises ``WireError``.
 """
@@ -43,7 +44,7 @@ from agent.engine_api import (
 
 LENGTH = struct.Struct("<I")
 MAX_FRAME_BYTES = 1 << 20
-STOP, READY, STATS = 10, 96, 97
+STOP, READY, STATS, FAILED = 10, 96, 97, 98
 
 # kind byte and field codes of every engine_api value, in dataclass field order
 SPECS: dict[type, tuple[int, str]] = {
@@ -175,6 +176,14 @@ def stop() -> bytes:
 
 def ready(pid: int, info: dict[str, Any]) -> bytes:
     return frame(bytes([READY]) + _U32.pack(pid) + json.dumps(info).encode("utf-8"))
+
+
+def failed(message: str) -> bytes:
+    return frame(bytes([FAILED]) + message.encode("utf-8"))
+
+
+def decode_failed(body: bytes) -> str:
+    return bytes(body[1:]).decode("utf-8", errors="replace")
 
 
 def decode_ready(body: bytes) -> tuple[int, dict[str, Any]]:

@@ -17,6 +17,7 @@ import numpy as np
 from agent.calls import CallManager
 from agent.commands import choice_is_tiny, choose_for_settings, engine_settings
 from agent.engine_process import EngineHost
+from agent.errors import CliError
 from agent.model_choice import ModelChoice
 from agent.session import SessionOptions
 from agent.vad import EnergyVad, SileroVad, VoiceDetector
@@ -70,7 +71,7 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     (``agent.engine_process``); given an already `loaded` model (tests, benchmarks), the engine
     runs in a thread of this process instead.
     """
-    from agent.engine_process import EngineProcessClient, InThreadEngine, StepBudget
+    from agent.engine_process import EngineProcessClient, EngineStartError, InThreadEngine, StepBudget
 
     engine: EngineHost
     if loaded is not None:
@@ -89,7 +90,10 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
         choice = choice or choose_for_settings(settings.model)
         engine = EngineProcessClient(settings, choice, slots=settings.server.max_calls,
                                      budget=StepBudget(margin=settings.server.admission_step_margin))
-    engine.start()
+    try:
+        engine.start()
+    except EngineStartError as exc:
+        raise CliError(f"the engine could not start: {exc}") from None
     if engine.model_info.get("tiny", loaded is not None and choice_is_tiny(loaded)):
         print(f"model: tiny model: replies capped at {settings.model.tiny_max_reply_ms} ms "
               "(model.tiny_max_reply_ms)", file=sys.stderr)

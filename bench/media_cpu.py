@@ -72,8 +72,11 @@ class LoopbackBaselineCalls:
     """
 
     def __init__(self, max_calls: int = 10_000) -> None:
+        from agent.capacity import Capacity
+
         self.max_calls = max_calls
         self.draining = False
+        self.capacity = Capacity(max_calls)
         self.active: dict[str, CallTransport] = {}
         self.counters = _Counters()
         self.transports: list[Any] = []
@@ -81,22 +84,31 @@ class LoopbackBaselineCalls:
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.max_calls - len(self.active))
+        return self.capacity.free_slots
 
     def check_admission(self) -> None:
-        from agent.calls import CallRefused
+        from agent.capacity import CallRefused
 
-        if len(self.active) >= self.max_calls:
+        try:
+            self.capacity.check()
+        except CallRefused:
             self.counters.refused_full += 1
-            raise CallRefused("full")
+            raise
+
+    def reserve(self, transport: str) -> Any:
+        self.check_admission()
+        return self.capacity.reserve(transport)
 
     def new_call_id(self, prefix: str = "c") -> str:
         self._ids += 1
         return f"{prefix}-loop-{self._ids}"
 
     async def run_call(self, transport: CallTransport, call_id: str | None = None,
-                       external_id: str = "") -> CallSummary:
+                       external_id: str = "", reservation: Any = None) -> CallSummary:
         call_id = call_id or self.new_call_id()
+        if reservation is None:
+            reservation = self.reserve("inproc")
+        reservation.commit()
         self.active[call_id] = transport
         self.transports.append(transport)
         self.counters.started += 1
@@ -119,6 +131,7 @@ class LoopbackBaselineCalls:
         finally:
             del self.active[call_id]
             self.counters.completed += 1
+            reservation.release()
 
 
 class TransportRecorder:
@@ -131,9 +144,11 @@ class TransportRecorder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._calls, name)
 
-    async def run_call(self, transport: Any, call_id: str | None = None, external_id: str = "") -> Any:
+    async def run_call(self, transport: Any, call_id: str | None = None, external_id: str = "",
+                       reservation: Any = None) -> Any:
         self.transports.append(transport)
-        return await self._calls.run_call(transport, call_id=call_id, external_id=external_id)
+        return await self._calls.run_call(transport, call_id=call_id, external_id=external_id,
+                                          reservation=reservation)
 
 
 # -- measuring -------------------------------------------------------------------------------------

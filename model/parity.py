@@ -9,7 +9,7 @@ Mimi. The reference is read only to compare, except for the inputs it carries (`
 line per tensor: name, max abs diff, tolerance, OK/FAIL; then ``N passed, M failed``; exit
 status 1 on failure.
 
-Tolerances: floating tensors max|diff| <= 1e-4 x max(1, max|reference|); mel features 1e-5
+Tolerances: floating tensors max|diff| <= 1e-4 x max(1, max|reference|); mel features 1e-4
 absolute; integer tensors (ids, flags, lengths, token traces, codes) identical; the first 480
 samples of a detokenizer stream (its 20 ms lookahead) exactly zero.
 """
@@ -41,7 +41,11 @@ from model.parity_runs import (
 )
 
 REL_TOLERANCE = 1e-4
-MEL_TOLERANCE = 1e-5
+# Mel features: 1e-4 absolute. They are bit-identical across runs on one CPU, but float32 FFT kernels
+# differ between CPUs, and the log and the per-bin normalisation amplify that: features computed here
+# in float64 differ from a float32 reference made on another CPU by up to 4.4e-5 (and our float32 by
+# 5.1e-5), while the encoder output after them stays within 5e-6.
+MEL_TOLERANCE = 1e-4
 INPUT_TENSORS = {"mimi.codes"}
 _MAIN_PREFIXES = ("mel.", "encoder.", "adapter.", "prefill.", "interleaved.", "depthformer.", "sequential.", "asr.",
                   "tts.", "audio.")

@@ -167,13 +167,14 @@ async def test_bearer_token_is_required_when_auth_is_on(open_client: Any) -> Non
 async def test_capacity_and_draining_answer_503(open_client: Any) -> None:
     app = make_app(HttpSettings(), max_calls=1)
     client = await open_client(app)
-    app.calls.active["busy"] = cast(Any, object())
+    busy = app.calls.reserve("sip")  # a SIP INVITE holds the one slot (the one capacity authority)
     resp = await client.post("/offer", json={"sdp": OFFER, "type": "offer"})
     assert resp.status == 503 and (await resp.json())["reason"] == "full"
     health = await client.get("/healthz")
     body = await health.json()
-    assert health.status == 503 and body["accepting"] is False and body["active_calls"] == 1
-    app.calls.active.clear()
+    assert health.status == 503 and body["accepting"] is False and body["free_slots"] == 0
+    assert body["by_transport"] == {"sip": 1}
+    busy.release()
     app.calls.draining = True
     resp = await client.post("/offer", json={"sdp": OFFER, "type": "offer"})
     assert resp.status == 503 and (await resp.json())["reason"] == "draining"
@@ -191,8 +192,8 @@ async def test_healthz_reports_capacity_and_model(open_client: Any) -> None:
     body = await resp.json()
     assert resp.status == 200
     assert body == {"ready": True, "draining": False, "accepting": True, "active_calls": 0, "capacity": 3,
-                    "free_slots": 3, "model": "fake model", "sip": False, "auth": False,
-                    "engine": {"state": "running", "pid": 4242, "restarts": 0}}
+                    "free_slots": 3, "reserved": 0, "by_transport": {}, "model": "fake model", "sip": False,
+                    "auth": False, "engine": {"state": "running", "pid": 4242, "restarts": 0}}
     app.ready = False
     assert (await client.get("/healthz")).status == 503
 
