@@ -239,9 +239,9 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     if nice > 0:  # on a contended CPU the call process's RTP pacing wins over the engine's work
         with contextlib.suppress(OSError):
             os.nice(nice)
-    from agent.log import configure_logging
+    from agent.log import configure_child_logging
 
-    configure_logging(settings.logging.level, settings.logging.format)
+    configure_child_logging(settings.logging.level, settings.logging.format)  # the parent's console/log file
     import torch
 
     from agent.commands import choice_is_tiny, engine_settings, load_choice
