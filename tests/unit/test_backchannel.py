@@ -13,7 +13,7 @@ from agent.caller_voice import render_say, render_wav
 from agent.events import BargeIn, FalseInterruption
 from agent.turn_taking import TurnState, TurnTaking, TurnTakingSettings
 
-COUGH = Path(__file__).resolve().parents[2] / "config" / "scenarios" / "clips" / "cough.wav"
+COUGH = Path(__file__).resolve().parents[2] / "config" / "scenarios-turn" / "clips" / "cough.wav"
 BACKCHANNELS = [("uh-huh", 160), ("mm-hmm", 160), ("mm-hmm", 125), ("yeah", 160), ("right", 160)]
 BARGE_INS = [("No, stop.", 160), ("Hold on.", 160), ("Wait.", 160), ("Stop.", 160), ("Wait a second.", 160)]
 
