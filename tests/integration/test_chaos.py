@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -179,13 +180,17 @@ async def give_up_mid_offer(url: str, body: bytes, *, send: int, length: int) ->
     await writer.wait_closed()
 
 
-async def test_chaos_over_10_live_sip_and_webrtc_calls(model: Any, tiny_checkpoint_dir: Path,
-                                                      tmp_path: Path) -> None:
+async def test_chaos_over_10_live_sip_and_webrtc_calls(model: Any, tiny_checkpoint_dir: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
     async with asyncio.timeout(160):
-        await chaos(model, tiny_checkpoint_dir, tmp_path)
+        send_errors = await chaos(model, tiny_checkpoint_dir, tmp_path)
+    logged = [r for r in caplog.records if r.getMessage() == "rtp.send_error"]
+    assert 1 <= len(logged) <= 3 + send_errors // 500, f"{len(logged)} log lines for {send_errors} send errors"
 
 
-async def chaos(model: Any, checkpoint: Path, tmp_path: Path) -> None:
+async def chaos(model: Any, checkpoint: Path, tmp_path: Path) -> int:
+    """The scenario; returns how many RTP send errors were injected."""
     require_binary("sipp")
     hello = write_ul(tmp_path / "hello.ul", speech_8k("Hello."), lead_silence_ms=1500, tail_silence_ms=60000)
     question = render_say("Hello there, can you hear me?", sample_rate=16000)
@@ -377,4 +382,6 @@ async def chaos(model: Any, checkpoint: Path, tmp_path: Path) -> None:
     assert len(leftover) == tasks_before, [t.get_name() + " " + repr(t.get_coro()) for t in leftover]
     assert open_sockets() == sockets_before, (sockets_before, open_sockets())
     print(f"chaos over {CALLS} calls: {elapsed:.1f} s; send errors {send_errors}, bad RTP {bursts}, "
-          f"ended {sorted(ended.values())}")
+          f"ended {sorted(ended.values())}; tasks {tasks_before} -> {len(leftover)}, sockets {sockets_before} -> "
+          f"{open_sockets()}")
+    return int(send_errors)
