@@ -8,7 +8,8 @@ threshold is set for 3 s. The payload is decoded from the whole channel and comp
 and the call the session marked.
 
 ``EarMarkCheck.write_record(folder, record)`` writes the signed provenance record beside the call's
-stereo recording (``call.wav``: caller left, what the caller heard right).
+stereo recording (``call.wav``: caller left, what the caller heard right); ``sign_recording``
+signs the record of any stereo call recording (also the live calls of ``agent.call_recording``).
 """
 
 from __future__ import annotations
@@ -97,25 +98,40 @@ class EarMarkCheck:
 
     def write_record(self, folder: Path, record: CallRecord) -> Path | None:
         """Sign and write ``folder/call.provenance.json`` for ``folder/call.wav`` (None: no signer)."""
+        utterances = [{"turn": turn.index, "start_ms": turn.agent_start_ms, "end_ms": turn.agent_end_ms,
+                       "interrupted": turn.interrupted, "epoch": turn.epoch} for turn in record.turns]
+        at_ear = {k: record.watermark.get(k) for k in ("windows", "detected", "detection_rate")}
+        return self.sign_recording(folder / "call.wav", call_id=record.call_id, model=record.model,
+                                   sample_rate=record.sample_rate, call_tag=record.watermark.get("call_tag"),
+                                   utterances=utterances, marks=record.watermark.get("utterances", []),
+                                   at_ear=at_ear)
+
+    def sign_recording(self, recording: Path, *, call_id: str, model: str, sample_rate: int, call_tag: int | None,
+                       utterances: list[dict[str, Any]], marks: list[dict[str, Any]],
+                       at_ear: dict[str, Any] | None = None) -> Path | None:
+        """Sign and write the provenance record beside the stereo ``recording`` (caller left, agent
+        right), already written. ``utterances``: turn, start_ms, end_ms (on the recording's timeline),
+        interrupted, epoch; ``marks``: ``session_marks`` of the call (frames and counters per epoch).
+        None when provenance is off (no signer)."""
         if self.signer is None:
             return None
-        call_tag = record.watermark.get("call_tag")
-        utterances = []
-        marks = {u["epoch"]: u for u in record.watermark.get("utterances", [])}
-        for turn in record.turns:
-            utt: dict[str, Any] = {"turn": turn.index, "start_ms": _ms(turn.agent_start_ms),
-                                   "end_ms": _ms(turn.agent_end_ms), "interrupted": turn.interrupted}
-            m = marks.get(turn.epoch) if turn.epoch is not None else None
+        by_epoch = {m["epoch"]: m for m in marks}
+        entries = []
+        for u in utterances:
+            utt: dict[str, Any] = {"turn": u["turn"], "start_ms": _ms(u["start_ms"]), "end_ms": _ms(u["end_ms"]),
+                                   "interrupted": u["interrupted"]}
+            m = by_epoch.get(u["epoch"]) if u.get("epoch") is not None else None
             if m is not None:
                 utt.update(frames=m["frames"], counters=m["counters"])
-            utterances.append(utt)
-        watermark = {"scheme": SCHEME, "key_id": self.mark.key.key_id, "node": self.mark.node, "call": call_tag,
-                     "block_s": BLOCK_CHUNKS * 0.08, "at_ear": {k: record.watermark.get(k) for k in
-                                                                ("windows", "detected", "detection_rate")}}
-        body = build_record(recording=folder / "call.wav", call_id=record.call_id, model=record.model,
-                            node_name=self.node_name, node_id=self.mark.node, sample_rate=record.sample_rate,
-                            agent_channel=2, utterances=utterances, watermark=watermark)
-        return write_record(folder / "call.wav", body, self.signer)
+            entries.append(utt)
+        watermark: dict[str, Any] = {"scheme": SCHEME, "key_id": self.mark.key.key_id, "node": self.mark.node,
+                                     "call": call_tag, "block_s": BLOCK_CHUNKS * 0.08}
+        if at_ear is not None:
+            watermark["at_ear"] = at_ear
+        body = build_record(recording=recording, call_id=call_id, model=model, node_name=self.node_name,
+                            node_id=self.mark.node, sample_rate=sample_rate, agent_channel=2, utterances=entries,
+                            watermark=watermark)
+        return write_record(recording, body, self.signer)
 
 
 def _stretches(record: CallRecord) -> list[tuple[float, float]]:

@@ -26,6 +26,7 @@ from agent.vad import VoiceDetector
 __all__ = ["CallCounters", "CallManager", "CallRefused"]
 
 if TYPE_CHECKING:
+    from agent.call_recording import CallRecordings
     from agent.engine_process import EngineHost
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,10 @@ class CallCounters:
 
 class CallManager:
     def __init__(self, engine: EngineHost, options: SessionOptions, detector_factory: Callable[[], VoiceDetector],
-                 max_calls: int, instructions: str = "") -> None:
-        """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's)."""
+                 max_calls: int, instructions: str = "", recordings: CallRecordings | None = None) -> None:
+        """`instructions`: extra per-call text for the system prompt (the configured ones are the engine's);
+        `recordings`: where each call's stereo recording and signed record go (server.record_dir)."""
+        self.recordings = recordings
         self.engine = engine
         self.client: EngineClient = engine  # an EngineHost: the engine process, or the engine in this process
         self.options = options
@@ -131,14 +134,20 @@ class CallManager:
     async def _run_session(self, transport: CallTransport, call_id: str | None, options: SessionOptions | None,
                            external_id: str) -> CallSummary:
         call_id = call_id or self.new_call_id()
+        recordings = self.recordings
+        recorder = recordings.start(call_id, transport.sample_rate) if recordings is not None else None
         session = CallSession(call_id, transport, self.client, self.detector_factory(), options or self.options,
-                              external_id=external_id, instructions=self.instructions)
+                              external_id=external_id, instructions=self.instructions, recorder=recorder)
         self.active[call_id] = session
         self._idle.clear()
         self.counters.started += 1
         try:
             summary = await session.run()
+            if recordings is not None and recorder is not None:  # before the call counts as gone (drain)
+                await asyncio.to_thread(recordings.finish, recorder, summary)
         finally:
+            if recorder is not None:
+                recorder.discard()
             del self.active[call_id]
             if not self.active:
                 self._idle.set()

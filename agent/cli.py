@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.http_app import auth_required
+    from agent.provenance import ProvenanceError
     from agent.server import serve
 
     if args.sip and args.config is None:
@@ -119,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refuse_tiny_model(settings)
     try:
         code: int = asyncio.run(serve(settings))
-    except OSError as exc:  # e.g. the HTTP or SIP port is taken
+    except (OSError, ProvenanceError) as exc:  # e.g. the HTTP or SIP port is taken, a bad signing key
         raise CliError(f"cannot serve: {exc}") from None
     return code
 
@@ -167,7 +168,12 @@ def cmd_dial(args: argparse.Namespace) -> int:
             await gateway.stop()
             runtime.close()
 
-    return asyncio.run(dial())
+    from agent.provenance import ProvenanceError
+
+    try:
+        return asyncio.run(dial())
+    except ProvenanceError as exc:  # server.record_dir set with a signing key that cannot be used
+        raise CliError(f"cannot dial: {exc}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -238,9 +239,9 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
     if nice > 0:  # on a contended CPU the call process's RTP pacing wins over the engine's work
         with contextlib.suppress(OSError):
             os.nice(nice)
-    from agent.log import configure_logging
+    from agent.log import configure_child_logging
 
-    configure_logging(settings.logging.level, settings.logging.format)
+    configure_child_logging(settings.logging.level, settings.logging.format)  # the parent's console/log file
     import torch
 
     from agent.commands import choice_is_tiny, engine_settings, load_choice
@@ -250,6 +251,9 @@ def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, sl
 
     if threads > 0:
         torch.set_num_threads(threads)
+    # the engine's worker thread holds the GIL between tensor ops; this process's event loop (the
+    # socket) must get it back quickly, or every event and command waits up to the 5 ms default
+    sys.setswitchinterval(0.0005)
     try:
         loaded = load_choice(settings.model, choice)
         tiny = choice_is_tiny(loaded)
@@ -610,6 +614,9 @@ class EngineProcessClient:
         try:
             if kind == wire.READY:
                 self._ready(body)
+                return
+            if kind == wire.FAILED:  # a restart that cannot load the model: it exits, we retry with backoff
+                event(log, "engine.start_failed", logging.ERROR, message=wire.decode_failed(body)[:500])
                 return
             if kind == wire.STATS:
                 steps, calls, refused, times = wire.decode_stats(body)

@@ -447,6 +447,9 @@ class HttpApp:
         engine = self.runtime.engine
         self.metrics.observe_engine_steps(engine.step_seconds, engine.steps)
         self.metrics.observe_dropped(engine.dropped)
+        recordings = self.runtime.calls.recordings
+        if recordings is not None:
+            self.metrics.observe_recordings(recordings.counts)
         self.metrics.engine_restarts.set(engine.restarts)
         self.metrics.engine_up.set(1 if engine.state == "running" else 0)
         self.metrics.calls_active.labels("webrtc").set(len(self.transports))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -110,14 +111,26 @@ def log_counts() -> LogCounts:
     return _counts
 
 
+# where this process's log lines go, for the processes it spawns (the engine process)
+_ENV_CONSOLE = "LFM_CALL_LOG_CONSOLE"
+_ENV_FILE = "LFM_CALL_LOG_FILE"
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None, *,
-                      console_level: str | None = None, log_file: str | Path | None = None) -> None:
+                      console_level: str | None = None, log_file: str | Path | None = None,
+                      append: bool = False) -> None:
     """Install the structured formatter on the root logger (idempotent).
 
     ``level`` is what is logged at all; the console (``stream``, default stderr) shows records at
     ``console_level`` and above (default: ``level``; ``"OFF"``: nothing). With ``log_file`` every
-    record at ``level`` is also written there, one JSON object per line (the file is started anew).
+    record at ``level`` is also written there, one JSON object per line (the file is started anew
+    unless ``append``). Processes spawned later follow the same choice (``configure_child_logging``).
     """
+    os.environ[_ENV_CONSOLE] = console_level or level
+    if log_file is None:
+        os.environ.pop(_ENV_FILE, None)
+    else:
+        os.environ[_ENV_FILE] = str(log_file)
     global _counts
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -133,7 +146,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | N
     if log_file is not None:
         path = Path(log_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(path, mode="w", encoding="utf-8")
+        to_file = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
         to_file.setFormatter(_Formatter("json"))
         handlers.append(to_file)
     _counts = LogCounts()
@@ -142,6 +155,18 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | N
         handler._lfmcall = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def configure_child_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """In a spawned process: log where the parent process logs (its console level, its log file,
+    appended to)."""
+    console = os.environ.get(_ENV_CONSOLE)
+    log_file = os.environ.get(_ENV_FILE)
+    configure_logging(level, fmt, console_level=console if console in ("OFF", *_LEVELS) else None,
+                      log_file=log_file or None, append=True)
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def get_logger(name: str) -> logging.Logger:

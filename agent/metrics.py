@@ -6,6 +6,8 @@ so malformed SIP, RTP, SDP or HTTP is visible to operators, not only in logs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from agent.session import CallSummary
@@ -42,8 +44,12 @@ class Metrics:
         self.engine_restarts = Gauge("lfmcall_engine_restarts", "Engine process restarts since start",
                                      registry=r)
         self.engine_up = Gauge("lfmcall_engine_up", "1 while the engine is running and ready", registry=r)
+        self.recordings = Counter("lfmcall_call_recordings_total",
+                                  "Live call recordings (server.record_dir), by result: written or failed",
+                                  ["result"], registry=r)
         self._step_seen = 0
         self._dropped_seen: dict[str, int] = {}
+        self._recordings_seen: dict[str, int] = {}
 
     def observe_call(self, summary: CallSummary, transport: str) -> None:
         self.calls_total.labels(transport, "failed" if summary.error else "completed").inc()
@@ -65,11 +71,11 @@ class Metrics:
 
     def observe_dropped(self, totals: dict[str, int]) -> None:
         """Add running drop totals (by where) to `dropped_frames`; each total only ever grows."""
-        for where, total in totals.items():
-            new = total - self._dropped_seen.get(where, 0)
-            if new > 0:
-                self.dropped_frames.labels(where).inc(new)
-            self._dropped_seen[where] = max(total, self._dropped_seen.get(where, 0))
+        _add_totals(self.dropped_frames, self._dropped_seen, totals)
+
+    def observe_recordings(self, totals: Mapping[str, int]) -> None:
+        """Add the running totals of call recordings (by result) to `recordings`."""
+        _add_totals(self.recordings, self._recordings_seen, totals)
 
     def observe_engine_steps(self, step_seconds: list[float], total_steps: int | None = None) -> None:
         """Record the engine's step times not yet recorded (call before rendering).
@@ -84,3 +90,12 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _add_totals(counter: Counter, seen: dict[str, int], totals: Mapping[str, int]) -> None:
+    """Increase `counter` (one label) by what each running total grew since `seen`."""
+    for label, total in totals.items():
+        new = total - seen.get(label, 0)
+        if new > 0:
+            counter.labels(label).inc(new)
+        seen[label] = max(total, seen.get(label, 0))

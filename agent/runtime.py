@@ -24,6 +24,7 @@ from agent.vad import EnergyVad, SileroVad, VoiceDetector
 from config.schema import Settings
 
 if TYPE_CHECKING:
+    from agent.call_recording import CallRecordings
     from model.checkpoint import LoadedModel
 
 
@@ -39,6 +40,11 @@ class Runtime:
     def model_info(self) -> dict[str, Any]:
         """What the engine loaded: description, device, dtype, decoder."""
         return self.engine.model_info
+
+    @property
+    def model_label(self) -> str:
+        """The model as call reports and provenance records name it."""
+        return f"{self.choice.description}; audio decoder: {self.model_info.get('decoder', 'none')}"
 
     def close(self) -> None:
         self.engine.stop()
@@ -73,14 +79,16 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
     """
     from agent.engine_process import EngineProcessClient, EngineStartError, InThreadEngine, StepBudget
 
+    # the signing key is read (or made) before anything starts: a key that cannot be used fails here
+    recordings = call_recordings(settings, lambda: runtime.model_label) if settings.server.record_dir else None
     engine: EngineHost
+    # Any other thread here (the in-thread engine's worker, torch or library threads) holds the GIL
+    # for its Python work; with the default 5 ms switch interval every GIL hand-back to the event loop
+    # (each numpy call in the audio path) can wait that long. 0.5 ms keeps the loop live.
+    sys.setswitchinterval(0.0005)
     if loaded is not None:
         from model.engine import Engine
 
-        # The engine's worker thread holds the GIL for its Python work between tensor ops; with the
-        # default 5 ms switch interval every GIL hand-back to the event loop (each numpy call in the
-        # audio path) can wait that long, stalling calls by hundreds of ms. 0.5 ms keeps the loop live.
-        sys.setswitchinterval(0.0005)
         choice = choice or ModelChoice(Path("."), "a model loaded by the caller", False)
         tiny = choice_is_tiny(loaded)
         engine = InThreadEngine(Engine(loaded, engine_settings(settings.model, tiny,
@@ -99,4 +107,15 @@ def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice:
               "(model.tiny_max_reply_ms)", file=sys.stderr)
     manager = CallManager(engine, SessionOptions.from_settings(settings), detector_factory(settings),
                           settings.server.max_calls)
-    return Runtime(settings, choice, engine, manager, loaded)
+    manager.recordings = recordings
+    runtime = Runtime(settings, choice, engine, manager, loaded)
+    return runtime
+
+
+def call_recordings(settings: Settings, model: Callable[[], str]) -> CallRecordings:
+    """Recordings of live calls into ``server.record_dir``, signed with the node's key (created on
+    first use; ProvenanceError when it cannot be used)."""
+    from agent.call_marks import EarMarkCheck
+    from agent.call_recording import CallRecordings
+
+    return CallRecordings(Path(settings.server.record_dir).expanduser(), EarMarkCheck.from_settings(settings), model)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from agent.engine_api import Close, EngineClient, Open
 from agent.log import event, set_call_id
@@ -47,6 +48,9 @@ from agent.transport import AudioReceived, CallTransport, DtmfReceived, HungUp, 
 from agent.turn_taking import TurnTaking
 from agent.vad import VoiceDetector
 
+if TYPE_CHECKING:
+    from agent.call_recording import CallRecorder
+
 __all__ = ["BargeInMetrics", "CallSession", "CallSummary", "SessionOptions", "TurnMetrics"]
 
 log = logging.getLogger(__name__)
@@ -59,8 +63,9 @@ class CallSession:
 
     def __init__(self, call_id: str, transport: CallTransport, engine: EngineClient, detector: VoiceDetector,
                  options: SessionOptions | None = None, clock: Callable[[], float] | None = None,
-                 external_id: str = "", instructions: str = "") -> None:
+                 external_id: str = "", instructions: str = "", recorder: CallRecorder | None = None) -> None:
         self.call_id = call_id
+        self.recorder = recorder  # taps the caller's and the agent's packets (server.record_dir)
         self.transport = transport
         self.engine = engine
         self.instructions = instructions
@@ -130,6 +135,8 @@ class CallSession:
         transport = self.transport
         for action in actions:
             if isinstance(action, SendAudio):
+                if self.recorder is not None:
+                    self.recorder.agent(action.samples, action.sequence, self.now_ms())
                 if self._tracked:
                     transport.send_tracked(action.samples, action.sequence)  # type: ignore[attr-defined]
                 else:
@@ -159,6 +166,8 @@ class CallSession:
                 return
             now = self.now_ms()
             if isinstance(ev, AudioReceived):
+                if self.recorder is not None:
+                    self.recorder.caller(ev.samples, now)
                 self._do(core.caller_audio(ev.samples, now))
             elif isinstance(ev, PacketsPlayed):
                 self._do(core.played(ev.sequence, now))

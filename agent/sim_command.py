@@ -59,7 +59,7 @@ async def _simulate(settings: Settings, runtime: Runtime, scenarios: list[Scenar
             leg: CallerLeg = SipCallerLeg(uri)
             return leg
     console = SimConsole(len(scenarios))
-    model = f"{runtime.choice.description}; audio decoder: {runtime.model_info.get('decoder', 'none')}"
+    model = runtime.model_label
     try:
         run = await run_simulation(scenarios, leg_factory, model=model, transport=transport,
                                    concurrency=concurrency, out_dir=out_dir,

@@ -186,6 +186,15 @@ def read_wav_channels(path: PathLike) -> tuple[npt.NDArray[np.float64], int]:
     return x, sample_rate
 
 
+def wav_header(data_bytes: int, channels: int, sample_rate: int) -> bytes:
+    """The 44-byte header of a 16-bit PCM WAV file whose data chunk holds ``data_bytes`` bytes."""
+    if data_bytes > _MAX_DATA_BYTES:
+        raise AudioError(f"{data_bytes} bytes of audio do not fit in a RIFF file")
+    block_align = channels * 2
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, WAVE_FORMAT_PCM,
+                       channels, sample_rate, sample_rate * block_align, block_align, 16, b"data", data_bytes)
+
+
 def wav_bytes(samples: npt.NDArray[np.int16], sample_rate: int) -> bytes:
     """A complete 16-bit PCM WAV file for int16 samples shaped [N] (mono) or [N, channels]."""
     if not isinstance(samples, np.ndarray) or samples.dtype != np.int16:
@@ -204,25 +213,7 @@ def wav_bytes(samples: npt.NDArray[np.int16], sample_rate: int) -> bytes:
     ):
         raise AudioError(f"WAV sample rate must be a positive int, got {sample_rate!r}")
     payload = np.ascontiguousarray(samples, dtype="<i2").tobytes()
-    if len(payload) > _MAX_DATA_BYTES:
-        raise AudioError(f"{len(payload)} bytes of audio do not fit in a RIFF file")
-    block_align = channels * 2
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + len(payload),
-        b"WAVE",
-        b"fmt ",
-        16,
-        WAVE_FORMAT_PCM,
-        channels,
-        int(sample_rate),
-        int(sample_rate) * block_align,
-        block_align,
-        16,
-        b"data",
-        len(payload),
-    )
+    header = wav_header(len(payload), channels, int(sample_rate))
     return header + payload + (b"\x00" if len(payload) & 1 else b"")
 
 

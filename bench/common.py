@@ -423,8 +423,8 @@ class MathClock:
     """Seconds spent in model math inside the engine's generation steps.
 
     Wraps (while installed) every model call a step makes: the batched generation step (backbone,
-    text logits, depthformer, sampling, embeddings), the backbone forward (used when a reply is
-    closed) and the audio decoder's streaming step. Time is counted only while ``Engine._step`` runs and only for
+    text logits, depthformer, sampling, embeddings), the backbone forward and the batched feeds of reply
+    headers and ends of turn (``Engine._feed_rows``), and the audio decoder's streaming step. Time is counted only while ``Engine._step`` runs and only for
     the outermost wrapped call; the device is synchronised around each call.
     """
 
@@ -461,12 +461,14 @@ class MathClock:
         loaded = engine.loaded
         model = loaded.model
         engine.pool  # noqa: B018  (makes the batched step, so it can be wrapped)
-        generation_step = engine._gen_step
-        assert generation_step is not None
-        engine._gen_step = self._timed("generation_step", generation_step)  # type: ignore[assignment]
+        captured = engine._captured  # what the engine calls: it runs (or replays) the batched step
+        assert captured is not None
+        generation_step = captured.step
+        captured.step = self._timed("generation_step", generation_step)  # type: ignore[assignment]
         instance_patches: list[tuple[Any, str]] = [(model.lfm, "text_logits"), (model.lfm, "forward"),
                                                    (model, "embed_text"), (model, "embed_audio_frames"),
-                                                   (engine.streams, "step"), (engine.streams, "flush")]
+                                                   (engine.streams, "step"), (engine.streams, "flush"),
+                                                   (engine, "_feed_rows")]
         for obj, name in instance_patches:
             obj.__dict__[name] = self._timed(name, getattr(obj, name))
         original_step = engine._step
@@ -483,7 +485,7 @@ class MathClock:
             yield self
         finally:
             del engine.__dict__["_step"]
-            engine._gen_step = generation_step
+            captured.step = generation_step
             for obj, name in instance_patches:
                 del obj.__dict__[name]
 

@@ -35,7 +35,21 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, TINY_CHECKPOINT, format_table
-from bench.media_cpu import TransportRecorder
+
+
+class TransportRecorder:
+    """Wraps a CallManager and remembers each call's transport (to read its RTP send times)."""
+
+    def __init__(self, calls: Any) -> None:
+        self._calls = calls
+        self.transports: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._calls, name)
+
+    async def run_call(self, transport: Any, *args: Any, **kwargs: Any) -> Any:
+        self.transports.append(transport)
+        return await self._calls.run_call(transport, *args, **kwargs)
 
 SCENARIO = REPO_ROOT / "tests" / "integration" / "sip" / "uac_speech.xml"
 SPEECH = "Hello there. Can you tell me what the weather is like today?"

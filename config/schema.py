@@ -55,7 +55,7 @@ class VadSettings:
 class TurnSettings:
     end_of_turn_silence_ms: int = spec(1200, min=100, max=10000)
     early_response_silence_ms: int = spec(300, min=0, max=10000)
-    barge_in_word_ms: int = spec(300, min=0, max=5000)
+    barge_in_word_ms: int = spec(0, min=0, max=5000)
     backchannel_max_ms: int = spec(1200, min=20, max=10000)
     barge_in_min_speech_ms: int = spec(600, min=20, max=5000)
     false_interruption_timeout_ms: int = spec(1500, min=100, max=10000)
@@ -68,7 +68,7 @@ class TurnSettings:
 
 @dataclass(frozen=True)
 class EndpointingSettings:
-    detectors: tuple[str, ...] = spec(("prosodic",))
+    detectors: tuple[str, ...] = spec(("silence",))
     combine: str = spec("mean", choices=("min", "max", "mean"))
     min_silence_ms: int = spec(250, min=50, max=10000)
     max_silence_ms: int = spec(1600, min=50, max=10000)
@@ -80,7 +80,7 @@ class EndpointingSettings:
     adaptive_margin_ms: int = spec(250, min=0, max=5000)
     learned_model_path: str = spec("")
     learned_window_s: float = spec(8.0, min=0.5, max=30.0)
-    speculative_window_ms: int = spec(400, min=0, max=5000)
+    speculative_window_ms: int = spec(0, min=0, max=5000)
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ class ServerSettings:
     max_calls: int = spec(8, min=1, max=10000)
     drain_timeout_s: float = spec(300.0, min=0.0, max=86400.0)
     admission_step_margin: float = spec(0.8, min=0.0, max=1.0)
+    record_dir: str = spec("")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ class Conversation:
         self.next_reply_id = 1
         self._reply_turn_position = 0  # between open_reply and begin_reply
         self._closing: GenJob | None = None  # between close_reply and reply_closed
+        self._deferred: list[torch.Tensor] | None = None  # embeddings appended, not fed (close_user_turn_deferred)
 
     # -- embeddings -----------------------------------------------------------------------------
     @property
@@ -172,7 +173,11 @@ class Conversation:
         if new_turn or not self.turns or self.turns[-1].role != role:
             self.turns.append(Turn(role))
         self.turns[-1].segments.append(seg)
-        return self.feed(self.embed_segment(seg))
+        embeds = self.embed_segment(seg)
+        if self._deferred is not None:  # the caller feeds them (batched with other calls)
+            self._deferred.append(embeds)
+            return None
+        return self.feed(embeds)
 
     @property
     def history_positions(self) -> int:
@@ -181,7 +186,8 @@ class Conversation:
     # -- context budget -----------------------------------------------------------------------------
     def ensure_room(self, incoming: int) -> None:
         """Drop the oldest turns (never the system turn) when the budget would be exceeded."""
-        if self.state.position + incoming + self.reply_reserve_tokens <= self.max_context_tokens:
+        pending = sum(int(e.shape[0]) for e in self._deferred) if self._deferred is not None else 0
+        if self.state.position + pending + incoming + self.reply_reserve_tokens <= self.max_context_tokens:
             return
         target = (self.max_context_tokens * 3) // 4 - incoming - self.reply_reserve_tokens
         keep_from = 1
@@ -191,7 +197,9 @@ class Conversation:
             total -= self.turns[keep_from].length
             keep_from += 1
         self.turns = self.turns[:1] + self.turns[keep_from:]
-        self.rebuild_state()
+        self.rebuild_state()  # feeds every turn, the deferred segments' included
+        if self._deferred is not None:
+            self._deferred.clear()
         self.compactions += 1
 
     def rebuild_state(self) -> None:
@@ -277,6 +285,16 @@ class Conversation:
         self.user_turn_open = False
         self.turn_audio = []
         self.turn_encoded_frames = 0
+
+    def close_user_turn_deferred(self) -> torch.Tensor | None:
+        """``close_user_turn`` without feeding: returns what is still to be fed to this state (the
+        turn's last audio rows and its end), or None; the caller feeds it, alone or batched."""
+        self._deferred = []
+        try:
+            self.close_user_turn()
+        finally:
+            parts, self._deferred = self._deferred, None
+        return torch.cat(parts) if parts else None
 
     # -- replies ----------------------------------------------------------------------------------------
     def start_reply(self, n_text: int, n_audio: int, text_sampling: Sampling, audio_sampling: Sampling,

@@ -435,13 +435,27 @@ class Engine:
         call.reply_text = ""
 
     def _start_replies(self, starts: list[tuple[int, _Call]]) -> None:
-        """Start the replies of every call in ``starts``: each closes its turn and opens the assistant
-        turn (guarded per call), then ONE batched backbone pass feeds every header
-        (``_feed_rows``), then each reply begins."""
+        """Start the replies of every call in ``starts``: each closes its turn (guarded per call) and
+        one batched backbone pass feeds every turn's tail; each opens the assistant turn and one
+        batched pass feeds every header (``_feed_rows``); then each reply begins."""
         s = self.settings
         cfg = self.loaded.config
-        opened: list[tuple[int, _Call, torch.Tensor]] = []
+        # 1. each caller's turn closes (its last audio rows encoded) and all the tails go in together
+        closing: list[tuple[int, _Call, torch.Tensor | None]] = []
         for cid, call in starts:
+            def close_one(cid: int = cid, call: _Call = call) -> None:
+                assert call.conv is not None
+                closing.append((cid, call, call.conv.close_user_turn_deferred()))
+            self._guard([cid], close_one)
+        tails = [(cid, call, e) for cid, call, e in closing if e is not None]
+
+        def feed_tails() -> None:
+            self._feed_rows([(self._slot_state(c), e) for _, c, e in tails])
+        if tails and not self._guard([cid for cid, _, _ in tails], feed_tails):
+            closing = [(cid, call, e) for cid, call, e in closing if e is None]
+        # 2. each opens the assistant turn, and all the headers go in together
+        opened: list[tuple[int, _Call, torch.Tensor]] = []
+        for cid, call, _ in closing:
             def open_one(cid: int = cid, call: _Call = call) -> None:
                 assert call.conv is not None
                 opened.append((cid, call, call.conv.open_reply()))
@@ -449,11 +463,7 @@ class Engine:
         hidden: list[torch.Tensor] = []
 
         def feed() -> None:
-            work = []
-            for _, call, embeds in opened:
-                assert call.conv is not None and isinstance(call.conv.state, SlotState)
-                work.append((call.conv.state, embeds))
-            hidden.extend(self._feed_rows(work))
+            hidden.extend(self._feed_rows([(self._slot_state(call), embeds) for _, call, embeds in opened]))
         if not opened or not self._guard([cid for cid, _, _ in opened], feed):
             return
         max_items = min(s.max_reply_items, s.reply_reserve_tokens - 2)
@@ -466,6 +476,11 @@ class Engine:
                 job.decoder_slot = self.streams.open()
                 call.reply_text = ""
             self._guard([cid], begin)
+
+    @staticmethod
+    def _slot_state(call: _Call) -> SlotState:
+        assert call.conv is not None and isinstance(call.conv.state, SlotState)
+        return call.conv.state
 
     def _feed_rows(self, work: list[tuple[SlotState, torch.Tensor]]) -> list[torch.Tensor]:
         """Feed each slot its embeddings [n, hidden]: one batched backbone pass per distinct n (the

@@ -60,7 +60,9 @@ async def test_engine_killed_during_4_calls_every_call_ends_then_a_new_call_succ
 
     killed_at = time.monotonic()
     engine.kill_for_test()
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(OUTCOME_S):  # the supervisor sees the death at once
+        while engine.state == "running":
+            await asyncio.sleep(0.01)
     with pytest.raises(CallRefused) as refused:  # what an INVITE now gets: 503
         runtime.calls.check_admission()
     assert refused.value.reason == "engine_restarting"

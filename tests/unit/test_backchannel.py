@@ -13,7 +13,7 @@ from agent.caller_voice import render_say, render_wav
 from agent.events import BargeIn, FalseInterruption
 from agent.turn_taking import TurnState, TurnTaking, TurnTakingSettings
 
-COUGH = Path(__file__).resolve().parents[2] / "config" / "scenarios" / "clips" / "cough.wav"
+COUGH = Path(__file__).resolve().parents[2] / "config" / "scenarios-turn" / "clips" / "cough.wav"
 BACKCHANNELS = [("uh-huh", 160), ("mm-hmm", 160), ("mm-hmm", 125), ("yeah", 160), ("right", 160)]
 BARGE_INS = [("No, stop.", 160), ("Hold on.", 160), ("Wait.", 160), ("Stop.", 160), ("Wait a second.", 160)]
 
@@ -24,11 +24,13 @@ def verdict(pcm: np.ndarray) -> Verdict:
     return classify(f, None)
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 @pytest.mark.parametrize(("text", "rate"), BACKCHANNELS)
 def test_backchannels_are_not_words(text: str, rate: int) -> None:
     assert verdict(render_say(text, "en-us", rate)) is Verdict.BACKCHANNEL
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 @pytest.mark.parametrize(("text", "rate"), BARGE_INS)
 def test_short_real_barge_ins_are_words(text: str, rate: int) -> None:
     assert verdict(render_say(text, "en-us", rate)) is Verdict.WORDS
@@ -38,6 +40,7 @@ def test_a_cough_is_a_cough() -> None:
     assert verdict(render_wav(COUGH)) is Verdict.COUGH
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_speech_far_below_the_callers_own_level_is_a_backchannel() -> None:
     judge = BackchannelJudge()
     loud = render_say("I would like to book a table for two.", "en-us", 160)
@@ -82,6 +85,7 @@ def _over_agent(text: str, rate: int = 160) -> TurnTaking:
     return tt
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_turn_taking_barges_in_on_words_but_not_on_a_backchannel() -> None:
     tt = _over_agent("No, stop.")
     assert tt.state is TurnState.CALLER_SPEAKING

@@ -193,6 +193,7 @@ def silero() -> SileroVad:
     return SileroVad.load()
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_synthesised_voices_with_silero_echo_alone_vs_caller_cutting_in(silero: SileroVad, tmp_path: Path) -> None:
     agent = espeak("Thanks for calling. Your appointment is confirmed for Tuesday at ten in the morning, "
                    "and I have sent the details to your phone.", tmp_path).astype(np.float64) / 32768.0

@@ -1,5 +1,5 @@
 """The engine process's pieces without a process: the wire, step-time admission, the socket
-framing, ClientConversation over the scripted engine double, and supervision bookkeeping."""
+framing and supervision bookkeeping."""
 
 from __future__ import annotations
 
@@ -29,11 +29,9 @@ from agent.engine_api import (
     Retract,
     TextDelta,
 )
-from agent.engine_compat import ClientConversation
 from agent.engine_process import ENGINE_LOST, EngineProcessClient, FramedSocket, StepBudget
 from agent.model_choice import ModelChoice
 from config.schema import Settings
-from tests.unit.scripted_engine import ScriptedEngineDouble, chunk_value
 
 VALUES: list[Any] = [
     Open(3, "be brief ünïcode", 0), Feed(3, np.linspace(-1, 1, 1280, dtype=np.float32), 9), AddText(3, "DTMF: 12#"),
@@ -100,6 +98,7 @@ def test_unknown_kind_stray_bytes_and_direction_are_wire_errors() -> None:
 def test_control_frames_round_trip() -> None:
     pid, info = wire.decode_ready(wire.ready(1234, {"device": "cpu", "tiny": True})[4:])
     assert pid == 1234 and info == {"device": "cpu", "tiny": True}
+    assert wire.decode_failed(wire.failed("no weights in /x")[4:]) == "no weights in /x"
     steps, calls, refused, times = wire.decode_stats(wire.stats(99, 4, 2, [0.01, 0.02])[4:])
     assert (steps, calls, refused) == (99, 4, 2) and np.allclose(times, [0.01, 0.02])
 
@@ -148,37 +147,6 @@ async def test_framed_socket_carries_frames_both_ways_and_reports_eof() -> None:
     await asyncio.wait_for(closed.wait(), 5)
     assert ended == ["socket closed"]
     right.close()
-
-
-# -- ClientConversation over the scripted engine ---------------------------------------------------
-async def test_client_conversation_turns_engine_api_events_into_session_events() -> None:
-    from model.engine import AgentAudio, EngineError, ReplyFinished
-
-    engine = ScriptedEngineDouble(reply_frames=3)
-    conv = ClientConversation(engine, "be brief")
-    assert isinstance(engine.submitted[0], Open) and engine.submitted[0].instructions == "be brief"
-    conv.feed(np.full(1280, 16384, np.int16))
-    fed = engine.submitted[1]
-    assert isinstance(fed, Feed) and fed.pcm.dtype == np.float32 and np.allclose(fed.pcm, 0.5)
-    conv.respond(tag=5)
-    engine.step()
-    first = await asyncio.wait_for(conv.events.get(), 5)
-    assert isinstance(first, AgentAudio) and first.tag == 5 and first.frame_index == 0
-    assert np.allclose(first.pcm, chunk_value(5, 0))
-    future = conv.request_interrupt(1)
-    result = await asyncio.wait_for(future, 5)
-    assert isinstance(result, ReplyFinished) and result.interrupted and result.frames == 1 and result.tag == 5
-    ended = await asyncio.wait_for(conv.events.get(), 5)
-    assert isinstance(ended, ReplyFinished) and ended.interrupted
-    engine.reject_next(Respond)
-    conv.respond(tag=6)
-    error = await asyncio.wait_for(conv.events.get(), 5)
-    assert isinstance(error, EngineError) and "rejected" in error.message and conv.rejected == {"Respond": 1}
-    engine.fault(conv.id, "engine died")
-    fault = await asyncio.wait_for(conv.events.get(), 5)
-    assert isinstance(fault, EngineError) and "engine died" in fault.message
-    conv.close()
-    assert isinstance(engine.submitted[-1], Close)
 
 
 # -- supervision bookkeeping (no process: the client's state is set by hand) -------------------------

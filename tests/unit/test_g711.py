@@ -62,6 +62,7 @@ def snr_db(reference: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16]) -> 
     return float(10 * np.log10(np.sum(ref**2) / np.sum(err**2)))
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 @pytest.mark.parametrize("law", sorted(LAWS))
 def test_round_trip_snr_on_speech(law: str, phone_speech: npt.NDArray[np.int16]) -> None:
     encode, decode = LAWS[law]
@@ -70,6 +71,7 @@ def test_round_trip_snr_on_speech(law: str, phone_speech: npt.NDArray[np.int16])
     assert snr_db(phone_speech, decode(encoded)) >= 35.0
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 @pytest.mark.parametrize("law", sorted(LAWS))
 def test_quiet_speech_keeps_a_usable_snr(law: str, phone_speech: npt.NDArray[np.int16]) -> None:
     # Companding keeps the SNR nearly flat over 20 dB of level; a linear 8-bit code would lose 20 dB.

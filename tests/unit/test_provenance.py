@@ -27,7 +27,7 @@ from agent.resample import resample_offline
 from agent.watermark import WatermarkKey, mark_signal
 from agent.wavio import write_wav
 
-pytestmark = pytest.mark.unit
+# (marked unit by its folder; the tests that need espeak-ng speech are marked integration)
 
 
 def _raw_b64(signer: NodeSigner) -> str:
@@ -72,6 +72,7 @@ def _write_call(folder: Path, stereo: np.ndarray, signer: NodeSigner) -> Path:
     return write_record(wav, body, signer)
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_record_accepted_then_each_tampering_rejected(tmp_path: Path, stereo_16k: np.ndarray, env: NodeSigner,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     record = _write_call(tmp_path / "call", stereo_16k, env)
@@ -106,6 +107,7 @@ def test_record_accepted_then_each_tampering_rejected(tmp_path: Path, stereo_16k
     assert "does not match its recorded SHA-256" in capsys.readouterr().out
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_mark_contradicting_the_record_rejects(tmp_path: Path, stereo_16k: np.ndarray, env: NodeSigner,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "call"
@@ -160,6 +162,7 @@ def test_config_output_masks_secrets(env: NodeSigner, capsys: pytest.CaptureFixt
     assert _raw_b64(env) not in out and "signing_secret: '***'" in out
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_verify_wav_exit_codes_and_channels(tmp_path: Path, stereo_16k: np.ndarray, env: NodeSigner,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     stereo = tmp_path / "call.wav"
@@ -190,6 +193,7 @@ def resample_both(stereo: np.ndarray, rate: int) -> np.ndarray:
     return np.stack([left[:n], right[:n]], axis=1)
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_ear_check_and_record_of_a_simulated_call(tmp_path: Path, stereo_16k: np.ndarray, env: NodeSigner) -> None:
     from agent.call_marks import EarMarkCheck
     from agent.report import CallRecord, Segment, TurnRecord, write_call_artifacts

@@ -114,8 +114,16 @@ def test_policy_combines_min_max_mean() -> None:
 
 
 def test_policy_from_the_shipped_config() -> None:
-    policy = policy_from_settings(load_settings())
-    assert policy.name == "prosodic"
+    settings = load_settings()
+    policy = policy_from_settings(settings)
+    assert policy.name == "silence"
+    assert policy.required_silence_ms(0) == settings.turn.end_of_turn_silence_ms
+
+
+def test_policy_from_the_turn_fast_profile() -> None:
+    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "turn-fast.yaml")
+    policy = policy_from_settings(settings)
+    assert policy.name == "prosodic" and settings.endpointing.speculative_window_ms > 0
     assert 250 <= policy.required_silence_ms(0) <= 1600
 
 

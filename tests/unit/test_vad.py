@@ -167,6 +167,7 @@ def silero() -> SileroVad:
     return SileroVad.load()
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_silero_detects_synthesised_speech_and_not_silence(silero: SileroVad, tmp_path: Path) -> None:
     speech = espeak("Hello, I would like to change my booking for tomorrow afternoon please.", tmp_path)
     rng = np.random.default_rng(0)

@@ -29,7 +29,7 @@ from agent.watermark_detect import (
 )
 from bench import watermark_channels as wc
 
-pytestmark = pytest.mark.unit
+# (marked unit by its folder; the tests that need espeak-ng speech are marked integration)
 
 TEXT = ("Thank you for calling. Your table for two is booked at seven tonight, and we will send you a "
         "confirmation by text message. Is there anything else I can help you with?")
@@ -50,6 +50,7 @@ def marked(speech: np.ndarray, key: WatermarkKey) -> np.ndarray:
     return mark_signal(speech, key, node=321, call_id="call-7")
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_mark_is_small_and_only_where_speech_is(speech: np.ndarray, marked: np.ndarray) -> None:
     diff = marked.astype(np.float64) - speech
     ratio_db = 10 * math.log10(float(diff @ diff) / float(speech.astype(np.float64) @ speech))
@@ -58,6 +59,7 @@ def test_mark_is_small_and_only_where_speech_is(speech: np.ndarray, marked: np.n
     assert np.array_equal(mark_signal(silence, WatermarkKey.for_secret("x")), silence)
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_chunk_by_chunk_equals_whole_signal_and_is_deterministic(speech: np.ndarray, key: WatermarkKey) -> None:
     a = mark_signal(speech, key, 1, "c")
     b = mark_signal(speech, key, 1, "c")
@@ -107,6 +109,7 @@ def test_threshold_and_bound_agree() -> None:
 @pytest.mark.parametrize("channel", ["G.711 µ-law", "G.711 A-law", "G.722", "Opus 24 kbit/s",
                                      "3 % loss (PLC), 16 kHz", "line noise 20 dB SNR, 8 kHz",
                                      "resample 24->8->16->48 kHz"])
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_detected_in_every_window_after_the_channel(channel: str, marked: np.ndarray, speech: np.ndarray,
                                                     key: WatermarkKey) -> None:
     stages = wc.standard_channels()[channel]
@@ -117,6 +120,7 @@ def test_detected_in_every_window_after_the_channel(channel: str, marked: np.nda
     assert not analyse(clean, rate0, key).present
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_payload_decodes_node_call_and_counters(marked: np.ndarray, key: WatermarkKey) -> None:
     y, rate = wc.run_chain(marked, wc.standard_channels()["G.711 µ-law"])
     result = analyse(y, rate, key)
@@ -131,12 +135,14 @@ def test_decode_of_nothing_is_nothing() -> None:
     assert decode_payload({}).blocks == 0
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_polarity_inversion_is_still_detected(marked: np.ndarray, key: WatermarkKey) -> None:
     inverted = (-marked.astype(np.int32)).clip(-32768, 32767).astype(np.int16)
     result = analyse(inverted, 24000, key)
     assert result.present and result.segments[0].polarity == -1
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_unmarked_audio_stays_below_threshold(speech: np.ndarray, key: WatermarkKey) -> None:
     rng = np.random.default_rng(3)
     t = np.arange(16000 * 12) / 16000
@@ -152,6 +158,7 @@ def test_unmarked_audio_stays_below_threshold(speech: np.ndarray, key: Watermark
         assert result.max_statistic < result.threshold, name
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_streaming_detector_decides_within_3_s_on_webrtc_frames(marked: np.ndarray, key: WatermarkKey) -> None:
     y, rate = wc.run_chain(np.concatenate([np.zeros(24000, np.int16), marked]), [wc.opus(24000)])
     assert rate == 48000
@@ -169,6 +176,7 @@ def test_streaming_detector_decides_within_3_s_on_webrtc_frames(marked: np.ndarr
     assert detector.present and detector.best is not None and detector.best.lag < PERIOD
 
 
+@pytest.mark.integration  # espeak-ng speech: runs with the peers, not under -m unit
 def test_streaming_detector_on_rtp_g711_payloads(marked: np.ndarray, key: WatermarkKey) -> None:
     from agent.g711 import ulaw_decode, ulaw_encode
     from agent.resample import resample_offline

@@ -244,6 +244,7 @@ def test_wav_bytes_pads_odd_payloads() -> None:
         (["-c", "3"], 1),
     ],
 )
+@pytest.mark.integration  # sox speech: runs with the peers, not under -m unit
 def test_files_written_by_sox(tmp_path: Path, sox_args: list[str], tolerance: int) -> None:
     sox = shutil.which("sox")
     if sox is None:
