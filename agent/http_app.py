@@ -284,6 +284,8 @@ class HttpApp:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise HttpProblem(413, f"body exceeds {self.http.max_body_bytes} bytes", "http_too_large") from None
+        except ConnectionResetError:  # the client went away mid-body: counted, nothing was reserved yet
+            raise HttpProblem(400, "the client disconnected before the body was complete", "http_aborted") from None
         try:
             obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

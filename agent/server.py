@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -109,17 +110,11 @@ class AgentServer:
         return finished
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set), drain, and return the exit status (0)."""
-    from agent.runtime import build_runtime
-
-    auth_required(settings.http)
-    for noisy in ("aioice", "aiortc"):  # per-candidate-pair INFO lines would drown the call events
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    runtime = build_runtime(settings)
-    server = AgentServer(settings, runtime)
+def install_stop_signals(server: AgentServer, stop: asyncio.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT on the running loop: the first drains (new calls refused) and sets `stop` (the
+    caller then awaits ``server.stop()``); a second ends the active calls at once. Returns the
+    function that removes the handlers."""
     loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
     signals = 0
 
     def on_signal(signum: int) -> None:
@@ -137,6 +132,25 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
+
+    def remove() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+    return remove
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set), drain, and return the exit status (0)."""
+    from agent.runtime import build_runtime
+
+    auth_required(settings.http)
+    for noisy in ("aioice", "aiortc"):  # per-candidate-pair INFO lines would drown the call events
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    runtime = build_runtime(settings)
+    server = AgentServer(settings, runtime)
+    stop = stop or asyncio.Event()
+    remove_signals = install_stop_signals(server, stop)
     try:
         try:
             await server.start()
@@ -146,7 +160,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         await stop.wait()
         await server.stop()
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        remove_signals()
         runtime.close()
     return 0

@@ -307,7 +307,8 @@ class CallMedia:
                 self._check_receive(now)
             except Exception as exc:  # one bad tick must not end the stream
                 self.stats["send_errors"] += 1
-                event(log, "rtp.send_error", logging.WARNING, error=repr(exc))
+                if self.stats["send_errors"] <= 3 or self.stats["send_errors"] % 500 == 0:  # not 50 lines a second
+                    event(log, "rtp.send_error", logging.WARNING, error=repr(exc), count=self.stats["send_errors"])
 
     def _send_tick(self, now: float) -> None:
         item = None if self.output_paused else self.pacer.take()
