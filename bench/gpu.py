@@ -48,12 +48,14 @@ from bench.common import (
     FRAME_SECONDS,
     FULL_SIZE_CONFIG,
     TINY_CHECKPOINT,
+    ReplyTiming,
     format_table,
     machine_description,
     random_full_size,
     replies,
     speech_clip,
 )
+from bench.engine_latency import make_engine
 
 STEP_BATCHES = (1, 8, 32, 64, 128)
 SMOKE_STEP_BATCHES = (1, 4)
@@ -176,14 +178,8 @@ def step_stage(loaded: Any, batches: tuple[int, ...], kv_len: int, repeats: int)
     return {"kv_len": kv_len, "graphs": len(captured.graphs), "graph_failed": captured.failed, "batches": rows}
 
 
-def make_engine(loaded: Any, reply_items: int, slots: int) -> Any:
-    from bench.engine_latency import make_engine as engine_for_bench
-
-    return engine_for_bench(loaded, "chunked", reply_items, slots=slots)
-
-
 async def first_audio_stage(loaded: Any, calls: int, slots: int) -> dict[str, Any]:
-    engine = make_engine(loaded, 24, slots)
+    engine = make_engine(loaded, "chunked", 24, slots=slots)
     try:
         await replies(engine, [speech_clip(1.0, 7)], together=True)  # warm-up
         await replies(engine, [speech_clip(1.0, i) for i in range(calls)], together=True)  # warm-up at batch
@@ -198,17 +194,15 @@ async def first_audio_stage(loaded: Any, calls: int, slots: int) -> dict[str, An
 
 
 def holds_real_time(arrivals_s: list[float], lead_s: float = REALTIME_LEAD_S) -> bool:
-    """Every chunk k arrives by first + k * 80 ms + lead: playback started at the first never runs dry."""
-    if not arrivals_s:
-        return False
-    first = arrivals_s[0]
-    return all(t <= first + k * FRAME_SECONDS + lead_s for k, t in enumerate(arrivals_s))
+    """Every chunk k arrives by first + k * 80 ms + lead: playback started at the first never runs dry
+    (``ReplyTiming.buffer_needed_s`` within the lead; False without chunks)."""
+    return ReplyTiming(arrivals_s=list(arrivals_s)).buffer_needed_s <= lead_s
 
 
 async def capacity_stage(loaded: Any, counts: tuple[int, ...], seconds: float, slots: int,
                          deadline: float, report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     frames = int(seconds / FRAME_SECONDS)
-    engine = make_engine(loaded, frames + frames // 2 + 8, slots)  # 12 audio per 6 text items
+    engine = make_engine(loaded, "chunked", frames + frames // 2 + 8, slots=slots)  # 12 audio per 6 text items
     runs: dict[str, Any] = {}
     best = 0
     try:
