@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+import typing
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,8 @@ SPECS: dict[type, tuple[int, str]] = {
     AudioChunk: (64, "iiipc"), TextDelta: (65, "iis"), ReplyEnded: (66, "iisibi"), InterruptDone: (67, "iib"),
     Rejected: (68, "iiss"), EngineFault: (69, "iosb"),
 }
-COMMANDS = (Open, Feed, AddText, EndTurn, Respond, Greet, Interrupt, Retract, Close)
-EVENTS = (AudioChunk, TextDelta, ReplyEnded, InterruptDone, Rejected, EngineFault)
+COMMANDS: tuple[type, ...] = typing.get_args(EngineCommand)  # in declaration order: the kind bytes
+EVENTS: tuple[type, ...] = typing.get_args(EngineEvent)
 BY_KIND: dict[int, tuple[type, str]] = {kind: (cls, codes) for cls, (kind, codes) in SPECS.items()}
 for _cls, (_kind, _codes) in SPECS.items():
     assert len(dataclasses.fields(_cls)) == len(_codes), _cls  # the spec follows engine_api
@@ -157,14 +158,14 @@ def decode(body: bytes) -> EngineCommand | EngineEvent:
 
 def decode_command(body: bytes) -> EngineCommand:
     value = decode(body)
-    if not isinstance(value, COMMANDS):
+    if not isinstance(value, EngineCommand):
         raise WireError(f"{type(value).__name__} is not a command")
     return value
 
 
 def decode_event(body: bytes) -> EngineEvent:
     value = decode(body)
-    if not isinstance(value, EVENTS):
+    if not isinstance(value, EngineEvent):
         raise WireError(f"{type(value).__name__} is not an event")
     return value
 
