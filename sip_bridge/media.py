@@ -14,10 +14,14 @@ with ``on_audio``; telephone-events go to the ``DtmfReceiver`` (``on_dtmf``). Sy
 (RFC 4961 spirit): we send to the address the peer's packets come from once the first valid
 packet arrives, which fixes NATed peers whose SDP names a private address.
 
-Send: ``send_pcm`` only queues. A task wakes on absolute 20 ms deadlines (``PacedSender``) and
-sends one packet per deadline: queued audio, a DTMF event packet while a digit is being sent,
-or encoded silence, so the stream is continuous. ``flush_output`` drops the queue at once
-(barge-in). While on hold (our direction forbids sending) nothing is sent.
+Send: ``send_pcm`` encodes the packet and queues it. The process's RTP send thread
+(``send_thread.py``) wakes on absolute 20 ms deadlines (``PacedSender``, on one process-wide grid)
+and sends one packet per deadline: queued audio, a DTMF event packet while a digit is being sent,
+or encoded silence, so the stream is continuous. After each tick the event loop reports what left
+(``on_sent``) and asks the ``source`` (the session's tick) for the next packet: one packet of lead.
+``flush_output`` drops the queue at once (barge-in), ``pause_output`` holds it (silence goes out).
+While on hold (our direction forbids sending) nothing is sent. What the send thread touches is
+guarded by the media's lock.
 
 RTP timeout: no packet for ``rtp_timeout_s`` (not counted while the peer holds the call) calls
 ``on_timeout`` once; the gateway then sends BYE.
@@ -26,9 +30,11 @@ RTP timeout: no packet for ``rtp_timeout_s`` (not counted while the peer holds t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import random
+import socket
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +53,7 @@ from sip_bridge.message import Addr
 from sip_bridge.pacer import PacedSender
 from sip_bridge.rtp import RtpPacket, RtpStreamWriter, TelephoneEvent, is_rtcp
 from sip_bridge.sdp import Codec, Direction, NegotiatedMedia
+from sip_bridge.send_thread import SEND_THREAD, grid_start
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +162,21 @@ async def open_rtp_socket(host: str, port_min: int, port_max: int) -> RtpSocket:
     raise OSError(f"no free RTP port in {port_min}-{port_max} on {host}: {last}")
 
 
+def raw_sender(transport: asyncio.DatagramTransport) -> tuple[Callable[[bytes, Addr], None], socket.socket | None]:
+    """A ``sendto`` the send thread may call: a duplicate of the transport's socket (asyncio's own
+    ``sendto`` belongs to the event loop's thread); the transport itself where it has no socket."""
+    sock = transport.get_extra_info("socket") if hasattr(transport, "get_extra_info") else None
+    if sock is None:
+        return transport.sendto, None
+    raw = socket.socket(fileno=os.dup(sock.fileno()))
+    raw.setblocking(False)
+
+    def sendto(data: bytes, addr: Addr) -> None:
+        raw.sendto(data, addr)
+
+    return sendto, raw
+
+
 @dataclass(frozen=True)
 class MediaCallbacks:
     on_audio: Callable[[Int16Array], None]
@@ -172,8 +194,11 @@ class CallMedia:
         self.sock = sock
         self.callbacks = callbacks
         self.rtp_timeout_s = rtp_timeout_s
-        self._loop = asyncio.get_running_loop()
-        self._clock = clock or self._loop.time
+        self.loop = asyncio.get_running_loop()
+        self._clock = clock or self.loop.time
+        self._lock = threading.Lock()  # what the send thread and the loop share
+        # sendto for the send thread (tests replace it to inject socket errors)
+        self.send_datagram, self._raw_socket = raw_sender(sock.transport)
         self.stats: Counter[str] = Counter()
         self.jitter = JitterBuffer(max_wait_ms=jitter_buffer_ms)
         self.writer = RtpStreamWriter()
@@ -185,11 +210,13 @@ class CallMedia:
         self._latched = False
         self._remote_ssrc: int | None = None
         self._set_resamplers()
-        # (samples, playout sequence or None, queued at): a sequence is reported to on_sent once it left
-        self.pacer: PacedSender[tuple[Int16Array, int | None, float]] = PacedSender(self._clock(), packet_ms=PACKET_MS)
+        # (encoded payload, playout sequence or None, queued at): a sequence is reported to on_sent
+        # once it left
+        self.pacer: PacedSender[tuple[bytes, int | None, float]] = PacedSender(self._clock(), packet_ms=PACKET_MS)
         self.on_sent: Callable[[int], None] | None = None
-        # called once per send deadline, before the packet is taken: the session makes its packet for
-        # this very deadline (one pacing grid per call, no wait in the queue for a second grid)
+        self._sent_pending: list[int] = []  # sequences sent by the thread, not yet reported
+        # called on the loop once per send deadline, after it: the session makes its packet for the
+        # next deadline (one pacing grid per call, one packet of lead)
         self.source: Callable[[], None] | None = None
         self.queue_wait_s: list[float] = []  # how long each tracked packet waited in the queue, bounded
         self.output_paused = False  # hold the queued agent audio (a suspected interruption), send silence
@@ -199,7 +226,6 @@ class CallMedia:
         self._timed_out = False
         self._started = False
         self._closed = False
-        self._task: asyncio.Task[None] | None = None
         self.send_times_s: list[float] = []  # when each packet left (for jitter measurements), bounded
         self.receive_times_s: list[float] = []  # when each media packet arrived, bounded
         sock.protocol.media = self
@@ -210,6 +236,8 @@ class CallMedia:
         self._to_codec = None if rate == self.transport_rate else StreamingResampler(self.transport_rate, rate)
         self._from_codec = None if rate == self.transport_rate else StreamingResampler(rate, self.transport_rate)
         self._silence = np.zeros(rate * PACKET_MS // 1000, np.int16)
+        # encoded once, by a codec instance of its own (G.722's encoder has state)
+        self._silence_payload = make_codec(self.negotiated.codec).encode(self._silence)
 
     @property
     def local_port(self) -> int:
@@ -229,16 +257,18 @@ class CallMedia:
 
     def update(self, negotiated: NegotiatedMedia) -> None:
         """A re-INVITE changed the media: address, direction (hold/unhold) or codec."""
-        old = self.negotiated
-        self.negotiated = negotiated
-        if negotiated.remote_address != old.remote_address:
-            self._remote = negotiated.remote_address
-            self._latched = False
-        if negotiated.codec.name.upper() != old.codec.name.upper():
-            self.codec = make_codec(negotiated.codec)
-            self._dtmf_rx = DtmfReceiver(negotiated.codec.clock_rate)
-            self._set_resamplers()
-            self.jitter.reset()
+        with self._lock:
+            old = self.negotiated
+            self.negotiated = negotiated
+            if negotiated.remote_address != old.remote_address:
+                self._remote = negotiated.remote_address
+                self._latched = False
+            if negotiated.codec.name.upper() != old.codec.name.upper():
+                self.codec = make_codec(negotiated.codec)
+                self._dtmf_rx = DtmfReceiver(negotiated.codec.clock_rate)
+                self._set_resamplers()
+                self.jitter.reset()
+                self.pacer.flush()  # encoded with the old codec
         self._last_rx_s = self._clock()
         event(log, "rtp.media_updated", codec=negotiated.codec.name, direction=negotiated.direction.value,
               remote=str(self._remote))
@@ -250,27 +280,35 @@ class CallMedia:
             return
         self._started = True
         now = self._clock()
-        self.pacer = PacedSender(now, packet_ms=PACKET_MS)
+        with self._lock:
+            self.pacer = PacedSender(grid_start(now, PACKET_MS / 1000), packet_ms=PACKET_MS)
         self._last_rx_s = now
-        self._task = self._loop.create_task(self._send_loop(), name=f"rtp-send-{self.local_port}")
+        SEND_THREAD.add(self)
 
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        SEND_THREAD.remove(self)
+        with self._lock:  # the thread is not inside send_due from here on
+            self._closed = True
+            if self._raw_socket is not None:
+                self._raw_socket.close()
         self.sock.protocol.media = None
         self.sock.transport.close()
 
     # --- sending --------------------------------------------------------------------------------------
     def send_pcm(self, samples: Int16Array, sequence: int | None = None) -> None:
-        """Queue one 20 ms packet at the transport rate (never blocks); `sequence`, if given, is passed
-        to ``on_sent`` when the packet has really been sent (not dropped, not replaced by DTMF)."""
-        if not self._closed:
-            self.pacer.enqueue((samples, sequence, self._clock()), droppable=sequence is None and not samples.any())
+        """Encode and queue one 20 ms packet at the transport rate (never blocks); `sequence`, if
+        given, is passed to ``on_sent`` when the packet has really been sent (not dropped, not
+        replaced by DTMF)."""
+        if self._closed:
+            return
+        pcm = self._to_codec.process(samples) if self._to_codec is not None else samples
+        if pcm.size != self._silence.size:  # resampler warm-up: keep packets whole
+            pcm = np.resize(np.concatenate([pcm, self._silence]), self._silence.size)
+        payload = self.codec.encode(pcm)
+        with self._lock:
+            self.pacer.enqueue((payload, sequence, self._clock()), droppable=sequence is None and not samples.any())
 
     def pause_output(self) -> None:
         self.output_paused = True
@@ -280,39 +318,59 @@ class CallMedia:
 
     def flush_output(self) -> int:
         """Drop queued outgoing audio at once (barge-in); returns the packets dropped."""
-        self.output_paused = False
-        return self.pacer.flush()
+        with self._lock:
+            self.output_paused = False
+            return self.pacer.flush()
 
     def send_dtmf(self, digit: str, duration_ms: int = 160) -> None:
         """Send one digit as RFC 4733 events (replacing audio for its duration)."""
         event_codec = self.negotiated.telephone_event
         if event_codec is None:
             raise ValueError("the peer did not negotiate telephone-event: cannot send RFC 4733 DTMF")
-        self._dtmf_out += digit_packets(digit, duration_ms, clock_rate=event_codec.clock_rate)
+        packets = digit_packets(digit, duration_ms, clock_rate=event_codec.clock_rate)
+        with self._lock:
+            self._dtmf_out += packets
 
-    async def _send_loop(self) -> None:
-        while not self._closed:
-            delay = self.pacer.next_deadline_s - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = self._clock()
-            try:
-                due = self.pacer.due(now)
-                if due and self.source is not None:
-                    self.source()
-                for _ in range(due):
+    @property
+    def next_deadline_s(self) -> float:
+        return self.pacer.next_deadline_s
+
+    def send_due(self, now: float) -> bool:
+        """On the send thread: one packet per deadline passed by `now`; True when any was due."""
+        with self._lock:
+            if self._closed:
+                return False
+            due = self.pacer.due(now)
+            for _ in range(due):
+                try:
                     self._send_tick(now)
-                if self.pacer.skipped_last:  # RTP time follows wall time across a stall (RFC 3550 §5.1)
-                    self.writer.advance(self.pacer.skipped_last * self.negotiated.codec.clock_rate * PACKET_MS // 1000)
-                self._check_receive(now)
-            except Exception as exc:  # one bad tick must not end the stream
-                self.stats["send_errors"] += 1
-                if self.stats["send_errors"] <= 3 or self.stats["send_errors"] % 500 == 0:  # not 50 lines a second
-                    event(log, "rtp.send_error", logging.WARNING, error=repr(exc), count=self.stats["send_errors"])
+                except Exception as exc:  # one bad tick must not end the stream
+                    self.stats["send_errors"] += 1
+                    if self.stats["send_errors"] <= 3 or self.stats["send_errors"] % 500 == 0:  # not 50 lines/s
+                        event(log, "rtp.send_error", logging.WARNING, error=repr(exc),
+                              count=self.stats["send_errors"])
+            if self.pacer.skipped_last:  # RTP time follows wall time across a stall (RFC 3550 §5.1)
+                self.writer.advance(self.pacer.skipped_last * self.negotiated.codec.clock_rate * PACKET_MS // 1000)
+            return due > 0
+
+    def after_send(self, now: float) -> None:
+        """On the event loop after a send tick: report what left, make the next packet (the
+        session's tick), look after the receive side (jitter buffer, DTMF ends, RTP timeout)."""
+        with self._lock:
+            sent, self._sent_pending = self._sent_pending, []
+        if self._closed:
+            return
+        if self.on_sent is not None:
+            for sequence in sent:
+                self.on_sent(sequence)
+        if self.source is not None:
+            self.source()
+        self._check_receive(self._clock())
 
     def _send_tick(self, now: float) -> None:
+        """One deadline's packet (the lock is held)."""
         item = None if self.output_paused else self.pacer.take()
-        pcm, sequence, queued_s = item if item is not None else (None, None, now)
+        payload, sequence, queued_s = item if item is not None else (None, None, now)
         ticks = self.negotiated.codec.clock_rate * PACKET_MS // 1000
         if not self.sending:
             self.writer.advance(ticks)
@@ -329,27 +387,21 @@ class CallMedia:
                 self._sendto(data, now)
             self.writer.advance(ticks)
             return
-        if pcm is None:
-            payload_pcm = self._silence
-        else:
-            payload_pcm = self._to_codec.process(pcm) if self._to_codec is not None else pcm
-            if payload_pcm.size != self._silence.size:  # resampler warm-up: keep packets whole
-                payload_pcm = np.resize(np.concatenate([payload_pcm, self._silence]), self._silence.size)
-        data = self.writer.packet(self.negotiated.codec.payload_type, self.codec.encode(payload_pcm),
+        data = self.writer.packet(self.negotiated.codec.payload_type,
+                                  self._silence_payload if payload is None else payload,
                                   marker=self.writer.packets_sent == 0)
-        self._sendto(data, now)
         self.writer.advance(ticks)
+        self._sendto(data, now)
         if sequence is not None:
             if len(self.queue_wait_s) < 100_000:
                 self.queue_wait_s.append(now - queued_s)
-            if self.on_sent is not None:
-                self.on_sent(sequence)
+            self._sent_pending.append(sequence)
 
     def _sendto(self, data: bytes, now: float) -> None:
         assert self._remote is not None
-        self.sock.transport.sendto(data, self._remote)
         if len(self.send_times_s) < 100_000:
-            self.send_times_s.append(now)
+            self.send_times_s.append(self._clock())  # the moment it leaves, not the deadline
+        self.send_datagram(data, self._remote)
 
     # --- receiving --------------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: Addr) -> None:
@@ -379,7 +431,8 @@ class CallMedia:
             self._latched = True
             if addr != self._remote:
                 self.stats["relatched"] += 1
-                self._remote = addr  # symmetric RTP: answer where the media comes from
+                with self._lock:
+                    self._remote = addr  # symmetric RTP: answer where the media comes from
         if self._remote_ssrc != packet.ssrc:
             if self._remote_ssrc is not None:
                 self.jitter.reset()

@@ -285,13 +285,14 @@ async def chaos(model: Any, checkpoint: Path, tmp_path: Path) -> int:
         # -- RTP socket errors on one SIPp call -----------------------------------------------------------
         broken = gw._calls[sipp_sessions[0].summary.external_id].media
         sent_before = broken.writer.packets_sent
+        working = broken.send_datagram
 
         def unreachable(data: bytes, addr: Any = None) -> None:
             raise OSError(errno.ENETUNREACH, "chaos: network is unreachable")
 
-        broken.sock.transport.sendto = unreachable
+        broken.send_datagram = unreachable  # what the RTP send thread calls
         await asyncio.sleep(1.0)
-        del broken.sock.transport.sendto  # the socket works again
+        broken.send_datagram = working  # the socket works again
         send_errors = broken.stats["send_errors"]
         assert send_errors >= 10, broken.stats
         resumed_at = broken.writer.packets_sent

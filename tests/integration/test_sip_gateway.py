@@ -16,6 +16,7 @@ from agent.resample import resample_offline
 from agent.runtime import Runtime
 from sip_bridge.digest import DigestChallenge, answer_challenge
 from sip_bridge.gateway import SipGateway
+from sip_bridge.send_thread import SEND_THREAD
 from sip_bridge.sim_leg import SipCallerLeg, SipCallFailed
 from tests.integration.sip.helpers import RawSipClient, frame_rms, invite_text, running_gateway, speech_8k
 
@@ -137,9 +138,7 @@ async def test_rtp_timeout_ends_call_with_bye(gateway: tuple[SipGateway, Runtime
     await leg.connect()
     assert leg.media is not None
     leg.media.sock.protocol.media = None  # keep receiving nothing...
-    task = leg.media._task
-    assert task is not None
-    task.cancel()  # ...and stop sending: the agent hears no RTP for rtp_timeout_s (2 s here)
+    SEND_THREAD.remove(leg.media)  # ...and stop sending: the agent hears no RTP for rtp_timeout_s (2 s here)
     assert await leg.wait_ended(8.0)
     assert leg.remote_hung_up
     async with asyncio.timeout(5):

@@ -20,12 +20,19 @@ async def test_sip_reports_only_packets_sent_on_the_wire_and_pause_keeps_them() 
     loud = np.full(160, 8000, np.int16)
     for seq in range(6):
         transport.send_tracked(loud, seq)
-    media._send_tick(clock.t)
-    media._send_tick(clock.t + 0.02)
+
+    def tick(t: float) -> None:  # the send thread's tick, then the loop's report
+        media._send_tick(t)
+        media.after_send(t)
+
+    tick(clock.t)
+    tick(clock.t + 0.02)
     transport.pause_output()
-    media._send_tick(clock.t + 0.04)  # paused: silence goes out, the queue is kept
+    tick(clock.t + 0.04)  # paused: silence goes out, the queue is kept
     transport.resume_output()
     media._send_tick(clock.t + 0.06)
+    assert transport._events.qsize() == 2, "a sent packet is reported by the loop, after the send tick"
+    media.after_send(clock.t + 0.06)
     reports = []
     while not transport._events.empty():
         ev = await transport.receive()
@@ -35,7 +42,7 @@ async def test_sip_reports_only_packets_sent_on_the_wire_and_pause_keeps_them() 
     assert len(fake.sent) == 4 and media.pacer.queued == 3
     transport.pause_output()
     assert transport.flush() == 3 and not media.output_paused  # a barge-in drops it, unreported
-    media._send_tick(clock.t + 0.08)
+    tick(clock.t + 0.08)
     assert transport._events.empty()
 
 
