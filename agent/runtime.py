@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from agent.calls import CallManager
 from agent.commands import choice_is_tiny, choose_for_settings, engine_settings
 from agent.engine_process import EngineHost
@@ -58,15 +56,7 @@ def detector_factory(settings: Settings) -> Callable[[], VoiceDetector]:
     # two OpenMP pools spinning on the same cores stall the event loop for hundreds of ms
     shared = SileroVad.load(num_threads=1)
 
-    def make() -> VoiceDetector:
-        detector = shared.fork()
-        silence = np.zeros(detector.chunk_samples, np.float32)
-        for _ in range(3):  # the TorchScript model optimises itself on its first calls: not mid-call
-            detector.speech_probability(silence)
-        detector.reset()
-        return detector
-
-    return make
+    return shared.fork
 
 
 def build_runtime(settings: Settings, loaded: LoadedModel | None = None, choice: ModelChoice | None = None,

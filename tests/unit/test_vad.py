@@ -195,3 +195,31 @@ def test_silero_fork_has_independent_state(silero: SileroVad) -> None:
     assert b.speech_probability(chunk) == pytest.approx(first, abs=1e-6)
     with pytest.raises(ValueError, match="512 samples"):
         a.speech_probability(np.zeros(256, dtype=np.float32))
+
+
+def test_silero_fork_matches_the_packaged_stateful_model(silero: SileroVad) -> None:
+    """The shared network with per-fork state gives what the package's own wrapper gives, chunk
+    for chunk, over speech-like audio with silence around it (state and context carried)."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    packaged = load_silero_vad()
+    rng = np.random.default_rng(3)
+    t = np.arange(512 * 40, dtype=np.float32) / 16000
+    voiced = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size)
+    audio = np.concatenate([0.001 * rng.standard_normal(512 * 10), voiced, 0.001 * rng.standard_normal(512 * 10)])
+    ours = silero.fork()
+    mine, theirs = [], []
+    for i in range(0, audio.size, 512):
+        chunk = audio[i : i + 512].astype(np.float32)
+        mine.append(ours.speech_probability(chunk))
+        with torch.inference_mode():
+            theirs.append(float(packaged(torch.from_numpy(chunk), 16000).item()))
+    assert max(theirs) > 0.5 > min(theirs)  # the audio really moves the detector
+    np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    ours.reset()
+    packaged.reset_states()
+    first = audio[512 * 12 : 512 * 13].astype(np.float32)
+    with torch.inference_mode():
+        assert ours.speech_probability(first) == pytest.approx(float(packaged(torch.from_numpy(first), 16000).item()),
+                                                               abs=1e-5)
