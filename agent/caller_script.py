@@ -21,6 +21,54 @@ from agent.scenario import DtmfStep, HangupStep, SayStep, Step, WaitStep, When, 
 PACKET_MS = 20
 EAR_THRESHOLD_DBFS = -50.0
 EAR_HANGOVER_MS = 200
+EAR_MAX_PENDING_PACKETS = 6  # agent packets waiting at the caller beyond this are late: dropped
+EAR_TARGET_PENDING_PACKETS = 1  # what the ear keeps waiting while it catches up in quiet packets
+EAR_QUIET_DBFS = -60.0  # a packet this quiet may be skipped to catch up (no agent speech in it)
+
+
+class EarBuffer:
+    """The caller's playout buffer: legs deliver agent audio in whatever sizes their transport
+    decodes, the ear plays one 20 ms packet per tick.
+
+    Producer and consumer run at the same rate, so any backlog that a burst or an empty tick
+    leaves would otherwise stay for the rest of the call and delay everything the caller hears
+    (up to ``max_pending`` packets: 120 ms). A phone's jitter buffer drains such excess delay (WebRTC's
+    NetEQ "accelerates"); this one does it where nothing is lost, by skipping quiet packets while
+    more than ``target_pending`` wait. Agent speech is never skipped, except the oldest beyond
+    ``max_pending`` (counted as ``late``).
+    """
+
+    def __init__(self, *, max_pending: int = EAR_MAX_PENDING_PACKETS, target_pending: int = EAR_TARGET_PENDING_PACKETS,
+                 quiet_dbfs: float = EAR_QUIET_DBFS) -> None:
+        self.max_pending = max_pending
+        self.target_pending = target_pending
+        self.quiet_dbfs = quiet_dbfs
+        self._pending = np.zeros(0, np.int16)
+        self.late = 0  # packets dropped beyond max_pending
+        self.drained = 0  # quiet packets skipped to catch up
+
+    @property
+    def pending_packets(self) -> int:
+        return self._pending.size // LEG_PACKET_SAMPLES
+
+    def push(self, parts: list[Int16Array]) -> None:
+        for part in parts:
+            self._pending = np.concatenate([self._pending, part]) if self._pending.size else part
+        excess = self._pending.size - self.max_pending * LEG_PACKET_SAMPLES
+        if excess > 0:
+            self._pending = self._pending[excess:]
+            self.late += -(-excess // LEG_PACKET_SAMPLES)
+
+    def take(self) -> Int16Array | None:
+        """The packet the caller hears in this tick (None: nothing has arrived)."""
+        n = LEG_PACKET_SAMPLES
+        while self._pending.size >= (self.target_pending + 2) * n and rms_dbfs(self._pending[:n]) < self.quiet_dbfs:
+            self._pending = self._pending[n:]
+            self.drained += 1
+        if self._pending.size < n:
+            return None
+        packet, self._pending = self._pending[:n], self._pending[n:]
+        return packet
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from agent.audio import Int16Array
-from agent.scenario import ExpectationResult
+from agent.expectations import ExpectationResult
 from agent.wavio import wav_bytes
 
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

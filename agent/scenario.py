@@ -1,4 +1,5 @@
-"""Scripted callers: the scenario schema, its line-aware YAML loader, and expectation checks.
+"""Scripted callers: the scenario schema and its loader (line-aware YAML in `agent.scenario_yaml`; the
+checks of ``expect:`` against a call's metrics in `agent.expectations`).
 
 A scenario file is a caller: what it says, when, DTMF, hang-up, the line it calls over, and what the
 call must achieve. Every error names the file, the line and the field::
@@ -80,15 +81,16 @@ from __future__ import annotations
 import ast
 import dataclasses
 import enum
-import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from agent.scenario_yaml import Fields, LineLoader, LocatedError, YamlMap, YamlSeq, describe
 
 
 class ScenarioError(ValueError):
@@ -235,141 +237,16 @@ AGGREGATES: dict[str, Callable[[list[float]], float]] = {
     "mean": lambda xs: float(np.mean(xs)),
     "count": lambda xs: float(len(xs)),
 }
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
+COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq, "!=": operator.ne,
 }
-
-
-# ---------------------------------------------------------------- line-aware YAML
-
-
-class _Map(dict[str, Any]):
-    """A YAML mapping that remembers its own line and the line of each value."""
-
-    line: int
-    lines: dict[str, int]
-
-
-class _Seq(list[Any]):
-    line: int
-    lines: list[int]
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    data = _Map()
-    data.line = node.start_mark.line + 1
-    data.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, str):
-            raise _LocatedError(line, "", f"keys must be text, got {key!r}")
-        if key in data:
-            raise _LocatedError(line, key, "duplicate key")
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.lines[key] = value_node.start_mark.line + 1
-    return data
-
-
-def _construct_seq(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> _Seq:
-    data = _Seq(loader.construct_object(item, deep=True) for item in node.value)
-    data.line = node.start_mark.line + 1
-    data.lines = [item.start_mark.line + 1 for item in node.value]
-    return data
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
-class _LocatedError(Exception):
-    def __init__(self, line: int, field: str, message: str) -> None:
-        super().__init__(message)
-        self.line, self.field, self.message = line, field, message
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    return repr(value)
-
-
-class _Fields:
-    """Reads one mapping: typed getters that raise located errors; ``done()`` rejects unknown keys."""
-
-    def __init__(self, data: Any, path: str, line: int) -> None:
-        if not isinstance(data, _Map):
-            raise _LocatedError(line, path, f"expected a mapping, got {_describe(data)}")
-        self.data, self.path, self.used = data, path, set[str]()
-
-    def field(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def line(self, key: str) -> int:
-        return self.data.lines.get(key, self.data.line)
-
-    def fail(self, key: str, message: str) -> _LocatedError:
-        return _LocatedError(self.line(key), self.field(key), message)
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        self.used.add(key)
-        return self.data.get(key, default)
-
-    def text(self, key: str, default: str | None = None) -> str:
-        value = self.raw(key, default)
-        if not isinstance(value, str):
-            raise self.fail(key, f"expected text, got {_describe(value)}")
-        return value
-
-    def number(self, key: str, default: float | None, lo: float | None = None, hi: float | None = None,
-               integer: bool = False, optional: bool = False) -> float | None:
-        value = self.raw(key, default)
-        if value is None and optional:
-            return None
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
-            raise self.fail(key, f"expected {kind}, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise self.fail(key, f"expected a finite number, got {value!r}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.fail(key, f"expected {kind} in [{lo}, {hi}], got {value!r}")
-        return value
-
-    def required_number(self, key: str, lo: float | None = None, hi: float | None = None,
-                        integer: bool = False) -> float:
-        if key not in self.data:
-            raise _LocatedError(self.data.line, self.field(key), "missing")
-        value = self.number(key, None, lo, hi, integer)
-        assert value is not None
-        return value
-
-    def choice(self, key: str, enum_type: type[enum.Enum], default: enum.Enum) -> Any:
-        value = self.raw(key, default.value)
-        names = [str(m.value) for m in enum_type]
-        if value not in names:
-            raise self.fail(key, f"expected one of {', '.join(names)}, got {_describe(value)}")
-        return enum_type(value)
-
-    def done(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise self.fail(key, "unknown field")
 
 
 # ---------------------------------------------------------------- schema
 
 
 def _parse_caller(data: Any, line: int) -> CallerConfig:
-    f = _Fields(data, "caller", line)
+    f = Fields(data, "caller", line)
     cfg = CallerConfig(
         voice=f.text("voice", "en-us"),
         rate_wpm=int(f.number("rate_wpm", 160, 80, 450, integer=True) or 0),
@@ -380,10 +257,10 @@ def _parse_caller(data: Any, line: int) -> CallerConfig:
 
 
 def _parse_line(data: Any, line: int) -> LineConfig:
-    f = _Fields(data, "line", line)
+    f = Fields(data, "line", line)
     echo: EchoConfig | None = None
     if f.raw("echo") is not None:
-        e = _Fields(f.raw("echo"), "line.echo", f.line("echo"))
+        e = Fields(f.raw("echo"), "line.echo", f.line("echo"))
         echo = EchoConfig(delay_ms=e.required_number("delay_ms", 0, 2000), gain_db=e.required_number("gain_db", -80, 0))
         e.done()
     jitter_buffer = f.number("jitter_buffer_ms", None, 0, 1000, optional=True)
@@ -404,19 +281,19 @@ def _parse_line(data: Any, line: int) -> LineConfig:
     return cfg
 
 
-def _parse_when(f: _Fields) -> When:
+def _parse_when(f: Fields) -> When:
     raw = f.raw("when")
     if raw is None:
         return When()
-    w = _Fields(raw, f.field("when"), f.line("when"))
+    w = Fields(raw, f.field("when"), f.line("when"))
     if len(raw) != 1:
-        raise _LocatedError(raw.line, w.path, f"expected exactly one of {', '.join(k.value for k in WhenKind)}")
+        raise LocatedError(raw.line, w.path, f"expected exactly one of {', '.join(k.value for k in WhenKind)}")
     key = next(iter(raw))
     if key == WhenKind.AFTER_AGENT_DONE.value:
         inner = w.raw(key)
         if inner is None:
             return When()
-        d = _Fields(inner, w.field(key), w.line(key))
+        d = Fields(inner, w.field(key), w.line(key))
         when = When(
             WhenKind.AFTER_AGENT_DONE,
             int(d.number("silence_ms", DEFAULT_SILENCE_MS, 0, 600_000, integer=True) or 0),
@@ -434,11 +311,11 @@ _STEP_KINDS = ("say", "wav", "dtmf", "hangup", "wait_ms")
 
 
 def _parse_step(data: Any, index: int, line: int, base_dir: Path) -> Step:
-    f = _Fields(data, f"steps[{index}]", line)
+    f = Fields(data, f"steps[{index}]", line)
     kinds = [k for k in _STEP_KINDS if k in data]
     if len(kinds) != 1:
         got = ", ".join(kinds) if kinds else "none of them"
-        raise _LocatedError(data.line, f.path, f"expected exactly one of {', '.join(_STEP_KINDS)}, got {got}")
+        raise LocatedError(data.line, f.path, f"expected exactly one of {', '.join(_STEP_KINDS)}, got {got}")
     kind = kinds[0]
     step: Step
     if kind == "say":
@@ -456,7 +333,7 @@ def _parse_step(data: Any, index: int, line: int, base_dir: Path) -> Step:
         raw = f.raw("dtmf")
         digits = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
         if not isinstance(digits, str) or not digits or any(c not in DTMF_DIGITS for c in digits.upper()):
-            raise f.fail("dtmf", f"expected digits from 0-9 * # A-D, got {_describe(raw)}")
+            raise f.fail("dtmf", f"expected digits from 0-9 * # A-D, got {describe(raw)}")
         step = DtmfStep(
             digits.upper(),
             int(f.number("tone_ms", 100, 20, 2000, integer=True) or 0),
@@ -467,7 +344,7 @@ def _parse_step(data: Any, index: int, line: int, base_dir: Path) -> Step:
     elif kind == "hangup":
         value = f.raw("hangup")
         if not (value is True or value is None or (isinstance(value, dict) and not value)):
-            raise f.fail("hangup", f"expected true or {{}}, got {_describe(value)}")
+            raise f.fail("hangup", f"expected true or {{}}, got {describe(value)}")
         step = HangupStep(_parse_when(f), data.line)
     else:
         step = WaitStep(int(f.number("wait_ms", None, 0, 3_600_000, integer=True) or 0), data.line)
@@ -475,10 +352,10 @@ def _parse_step(data: Any, index: int, line: int, base_dir: Path) -> Step:
     return step
 
 
-def _unfinished(f: _Fields) -> bool:
+def _unfinished(f: Fields) -> bool:
     value = f.raw("unfinished", False)
     if not isinstance(value, bool):
-        raise f.fail("unfinished", f"expected true or false, got {_describe(value)}")
+        raise f.fail("unfinished", f"expected true or false, got {describe(value)}")
     return value
 
 
@@ -498,7 +375,7 @@ def parse_bound(text: Any) -> Bound:
     if isinstance(text, bool | int | float):
         return Bound("==", text if isinstance(text, bool) else float(text))
     if not isinstance(text, str):
-        raise ValueError(f"expected a bound such as \"<= 1500\", got {_describe(text)}")
+        raise ValueError(f"expected a bound such as \"<= 1500\", got {describe(text)}")
     s = text.strip()
     for op in ("<=", ">=", "==", "!=", "<", ">"):
         if s.startswith(op):
@@ -520,7 +397,7 @@ def parse_bound(text: Any) -> Bound:
 
 
 def _parse_expect(data: Any, line: int) -> tuple[Expectation, ...]:
-    f = _Fields(data, "expect", line)
+    f = Fields(data, "expect", line)
     out = []
     for name in data:
         metric, _, aggregate = name.partition(".")
@@ -545,16 +422,16 @@ def parse_scenario(text: str, source: str, base_dir: Path, default_name: str = "
     """Parse scenario YAML. ``source`` names the file in errors; WAV paths resolve against ``base_dir``."""
     try:
         try:
-            data = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
+            data = yaml.load(text, Loader=LineLoader)  # a SafeLoader subclass
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
             problem = " ".join(p for p in (exc.context, exc.problem) if p)
-            raise _LocatedError(line, "", f"YAML syntax error: {problem}") from None
-        f = _Fields(data, "", 1)
+            raise LocatedError(line, "", f"YAML syntax error: {problem}") from None
+        f = Fields(data, "", 1)
         steps_raw = f.raw("steps")
-        if not isinstance(steps_raw, _Seq) or not steps_raw:
-            raise _LocatedError(f.line("steps"), "steps", f"expected a non-empty list, got {_describe(steps_raw)}")
+        if not isinstance(steps_raw, YamlSeq) or not steps_raw:
+            raise LocatedError(f.line("steps"), "steps", f"expected a non-empty list, got {describe(steps_raw)}")
         name = f.text("name", default_name)
         scenario = Scenario(
             name=name,
@@ -569,13 +446,13 @@ def parse_scenario(text: str, source: str, base_dir: Path, default_name: str = "
         )
         f.done()
         return scenario
-    except _LocatedError as exc:
+    except LocatedError as exc:
         where = f"{exc.field}: " if exc.field else ""
         raise ScenarioError(f"{source}:{exc.line}: {where}{exc.message}") from None
 
 
-def _empty_map(line: int) -> _Map:
-    m = _Map()
+def _empty_map(line: int) -> YamlMap:
+    m = YamlMap()
     m.line, m.lines = line, {}
     return m
 
@@ -603,46 +480,3 @@ def load_scenarios(paths: Sequence[str | Path]) -> list[Scenario]:
             raise ScenarioError(f"{s.path}: name {s.name!r} is also used by {seen[s.name]}")
         seen[s.name] = s.path
     return scenarios
-
-
-# ---------------------------------------------------------------- expectations
-
-
-@dataclass(frozen=True)
-class ExpectationResult:
-    name: str
-    bound: str
-    actual: float | str | bool | None
-    ok: bool
-    note: str = ""
-
-
-def _actual(exp: Expectation, metrics: Mapping[str, Any]) -> tuple[float | str | bool | None, str]:
-    if exp.metric not in metrics:
-        return None, f"metric {exp.metric!r} was not measured"
-    value = metrics[exp.metric]
-    if exp.aggregate is None:
-        if isinstance(value, list | tuple):
-            return None, f"metric {exp.metric!r} is a list; give an aggregate"
-        return (value if isinstance(value, str | bool) else float(value)), ""
-    if not isinstance(value, list | tuple):
-        return None, f"metric {exp.metric!r} is not a list"
-    samples = [float(v) for v in value]
-    if not samples and exp.aggregate != "count":
-        return None, "no samples"
-    return AGGREGATES[exp.aggregate](samples), ""
-
-
-def evaluate_expectations(expect: Sequence[Expectation], metrics: Mapping[str, Any]) -> list[ExpectationResult]:
-    """Check each expectation against ``metrics`` (lists for list metrics, scalars otherwise)."""
-    results = []
-    for exp in expect:
-        actual, note = _actual(exp, metrics)
-        ok = False
-        if actual is not None:
-            if isinstance(exp.bound.value, str) != isinstance(actual, str):
-                note = f"cannot compare {actual!r} with {exp.bound.value!r}"
-            else:
-                ok = bool(_OPS[exp.bound.op](actual, exp.bound.value))
-        results.append(ExpectationResult(exp.name, str(exp.bound), actual, ok, note))
-    return results

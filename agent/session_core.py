@@ -53,7 +53,6 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,6 +94,16 @@ from agent.framer import Packetizer
 from agent.log import event
 from agent.playout import BargeInCoordinator, Interruption, Playout
 from agent.resample import StreamingResampler
+from agent.session_actions import (
+    Action,
+    Ended,
+    FlushOutput,
+    HangUp,
+    PauseOutput,
+    ResumeOutput,
+    SendAudio,
+    ToEngine,
+)
 from agent.session_record import BargeInMetrics, CallSummary, SessionOptions, TurnMetrics
 from agent.transport import Int16Array
 from agent.turn_taking import TurnState, TurnTaking
@@ -110,50 +119,6 @@ OFFSET_WINDOW_MS = 2000
 CONTROL_REQUESTS = 1 << 20  # request ids of Interrupt commands start here (replies use their epoch)
 
 
-# -- actions --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class SendAudio:
-    """Queue one packet (transport rate); report ``sequence`` back through ``played`` once it left."""
-
-    samples: Int16Array
-    sequence: int | None
-
-
-@dataclass(frozen=True)
-class ToEngine:
-    command: EngineCommand
-
-
-@dataclass(frozen=True)
-class PauseOutput:
-    """Stop sending the transport's queued agent audio, keep it (a suspected interruption)."""
-
-
-@dataclass(frozen=True)
-class ResumeOutput:
-    """Send the paused audio on (the interruption was not one)."""
-
-
-@dataclass(frozen=True)
-class FlushOutput:
-    """Drop the transport's queued agent audio (a barge-in: the caller has the floor)."""
-
-
-@dataclass(frozen=True)
-class HangUp:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Ended:
-    """The call is over; the driver stops. ``reason`` goes into the summary's ``ended_by``."""
-
-    reason: str
-
-
-Action = SendAudio | ToEngine | PauseOutput | ResumeOutput | FlushOutput | HangUp | Ended
 
 
 __all__ = ["Action", "BargeInMetrics", "CallSummary", "Ended", "FlushOutput", "HangUp", "PauseOutput",

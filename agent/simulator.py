@@ -23,8 +23,9 @@ import numpy as np
 
 from agent.call_marks import EarMarkCheck, session_marks
 from agent.caller_leg import LEG_PACKET_SAMPLES, LEG_RATE, CallerLeg, Int16Array
-from agent.caller_script import PACKET_MS, CallerScript
+from agent.caller_script import PACKET_MS, CallerScript, EarBuffer
 from agent.caller_voice import render_step
+from agent.expectations import evaluate_expectations
 from agent.line import LineModel
 from agent.log import event
 from agent.report import (
@@ -38,12 +39,11 @@ from agent.report import (
     write_call_artifacts,
     write_run_report,
 )
-from agent.scenario import DtmfStep, SayStep, Scenario, evaluate_expectations
+from agent.scenario import DtmfStep, SayStep, Scenario
 from agent.session import CallSummary
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING_PACKETS = 6  # agent packets queued at the caller beyond this are late: dropped
 UTTERANCE_MARGIN_MS = 300
 NOMINAL_LEVEL_DBFS = -26.0
 
@@ -84,8 +84,7 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
     sent: list[Int16Array] = []
     heard_parts: list[Int16Array] = []
     silence = np.zeros(LEG_PACKET_SAMPLES, np.int16)
-    received = np.zeros(0, np.int16)
-    late = 0
+    ear = EarBuffer()
     try:
         await leg.connect()
     except Exception as exc:
@@ -101,16 +100,8 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
         delay = t0 + now_ms / 1000 - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        # legs deliver whatever sizes their transport decodes: re-cut into 20 ms packets
-        for part in leg.receive_audio():
-            received = np.concatenate([received, part]) if received.size else part
-        excess = received.size - MAX_PENDING_PACKETS * LEG_PACKET_SAMPLES
-        if excess > 0:
-            received = received[excess:]
-            late += -(-excess // LEG_PACKET_SAMPLES)
-        agent_packet = None
-        if received.size >= LEG_PACKET_SAMPLES:
-            agent_packet, received = received[:LEG_PACKET_SAMPLES], received[LEG_PACKET_SAMPLES:]
+        ear.push(leg.receive_audio())
+        agent_packet = ear.take()
         heard = line.downlink(agent_packet, now_ms)
         tick = script.tick(now_ms, heard)
         caller_packet = tick.packet if tick.packet is not None and not tick.record_only else None
@@ -138,7 +129,7 @@ async def simulate_call(scenario: Scenario, leg: CallerLeg, audio: dict[int, Int
     record.agent_segments = list(script.ear.segments)
     record.dtmf_sent = script.dtmf_sent
     record.line_stats = {"uplink": vars(line.uplink_stats), "downlink": vars(line.downlink_stats),
-                         "late_at_caller": late}
+                         "late_at_caller": ear.late, "drained_at_caller": ear.drained}
     await asyncio.sleep(0.05)
     summary = summary_of(started_wall, getattr(leg, "call_id", None))
     if summary is None:

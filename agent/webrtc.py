@@ -47,6 +47,10 @@ WEBRTC_RATE = 48000
 PACKET_MS = 20
 PACKET_SAMPLES = WEBRTC_RATE * PACKET_MS // 1000  # 960
 UNDERRUN_GRACE_S = 0.012  # how long a due packet may wait for the producer before silence goes out
+# aiortc's audio receivers hold 4 packets (80 ms) before decoding the first; 1 (20 ms, the least its
+# jitter buffer allows: a packet is released when the next one arrives) still waits for a reordered
+# or late packet, since release is in sequence order, but not for packets that are not missing
+RECEIVE_PREFETCH_PACKETS = 1
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MAX_DATA_MESSAGE_BYTES = 4096
 
@@ -54,6 +58,33 @@ MAX_DATA_MESSAGE_BYTES = 4096
 def peer_connection() -> RTCPeerConnection:
     """A peer connection with no STUN/TURN servers: aiortc's default would query a public STUN server."""
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def low_latency_receive(pc: RTCPeerConnection, prefetch: int = RECEIVE_PREFETCH_PACKETS) -> int:
+    """Give every audio receiver of `pc` a jitter buffer that holds `prefetch` packets, not aiortc's
+    4: 60 ms less latency on what the caller says (and, in the simulator's client, on what it hears).
+
+    aiortc has no setting for this, so the receiver's buffer is replaced; do it before media flows
+    (after ``setRemoteDescription`` on the answering side, after ``addTrack`` on the offering one).
+    Returns how many receivers were changed. A receiver whose buffer is not where aiortc keeps it (another
+    aiortc version) keeps its own, and that is logged once per call.
+    """
+    from aiortc.jitterbuffer import JitterBuffer
+
+    changed = 0
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind != "audio":
+            continue
+        receiver = transceiver.receiver
+        attr = "_RTCRtpReceiver__jitter_buffer"
+        current = getattr(receiver, attr, None)
+        if not isinstance(current, JitterBuffer):
+            event(log, "webrtc.receive_prefetch_unchanged", logging.INFO, reason="aiortc keeps no jitter buffer where expected")
+            continue
+        if current._prefetch != prefetch:
+            setattr(receiver, attr, JitterBuffer(capacity=current.capacity, prefetch=prefetch))
+            changed += 1
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def settings_for(checkpoint: Path, config: SimConfig, max_calls: int) -> Any:
     base: dict[str, dict[str, Any]] = {
         "model": {"ref": str(checkpoint), "offline_fallback": "error", "greeting": ""},
         "vad": {"backend": "silero"},
-        "server": {"max_calls": max_calls},
+        # every call is taken, as `lfm-call simulate` does: a simulation measures the calls, not admission
+        "server": {"max_calls": max_calls, "admission_step_margin": 0.0},
         "logging": {"level": "WARNING"},
     }
     for section, values in config.overrides.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.caller_script import CallerScript, EarTracker
+from agent.caller_script import CallerScript, EarBuffer, EarTracker
 from agent.scenario import DtmfStep, HangupStep, SayStep, When, WhenKind
 
 LOUD = (np.ones(320) * 3000).astype(np.int16)
@@ -71,3 +71,41 @@ def test_ear_tracker_bridges_short_gaps_and_splits_long_ones() -> None:
         ear.update(now, LOUD if now in loud else QUIET)
     ear.close()
     assert [(s.start_ms, s.end_ms) for s in ear.segments] == [(0, 700), (1200, 1300)]
+
+
+def _packets(*levels: int) -> list[np.ndarray]:
+    """One 20 ms packet per level (0: digital silence), each with a distinct first sample."""
+    out = []
+    for i, level in enumerate(levels):
+        p = np.full(320, level, np.int16)
+        if level:
+            p[0] = level + i  # tell packets apart
+        out.append(p)
+    return out
+
+
+def test_ear_buffer_plays_in_order_and_catches_up_in_quiet_packets_only() -> None:
+    ear = EarBuffer(max_pending=6, target_pending=1)
+    assert ear.take() is None  # nothing arrived yet
+    # a burst after an empty tick: two quiet packets, then speech
+    burst = _packets(0, 0, 3000, 3000, 3000)
+    ear.push(burst)
+    first = ear.take()
+    assert first is not None and first[0] == burst[2][0]  # both quiet packets skipped to catch up
+    assert ear.drained == 2
+    # speech is never skipped: the backlog of speech plays out in order
+    second, third = ear.take(), ear.take()
+    assert second is not None and third is not None
+    assert [second[0], third[0]] == [burst[3][0], burst[4][0]]
+    assert ear.take() is None and ear.drained == 2 and ear.late == 0
+
+
+def test_ear_buffer_keeps_its_target_and_drops_the_oldest_beyond_its_limit() -> None:
+    ear = EarBuffer(max_pending=6, target_pending=1)
+    ear.push(_packets(0, 0))  # one quiet packet waiting beyond the one played: the target, kept
+    assert ear.take() is not None and ear.drained == 0 and ear.pending_packets == 1
+    speech = _packets(*([2000] * 8))
+    ear.push(speech)
+    assert ear.late == 3 and ear.pending_packets == 6  # 1 + 8 queued, the 3 oldest were late
+    heard = [ear.take() for _ in range(6)]
+    assert [h[0] for h in heard if h is not None] == [p[0] for p in speech[2:]]

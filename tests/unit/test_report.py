@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.expectations import ExpectationResult
 from agent.report import (
     BargeInRecord,
     CallerUtterance,
@@ -26,7 +27,6 @@ from agent.report import (
     write_call_artifacts,
     write_run_report,
 )
-from agent.scenario import ExpectationResult
 from agent.timeline import render_timeline_png
 
 RATE = 16000

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.expectations import evaluate_expectations
 from agent.scenario import (
     Codec,
     DtmfStep,
@@ -15,7 +16,6 @@ from agent.scenario import (
     WaitStep,
     When,
     WhenKind,
-    evaluate_expectations,
     load_scenario,
     load_scenarios,
     parse_bound,

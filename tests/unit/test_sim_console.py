@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from agent.expectations import ExpectationResult
 from agent.report import BargeInRecord, CallerUtterance, CallRecord, Segment, transcript_entries
-from agent.scenario import ExpectationResult
 from agent.session import CallSummary, TurnMetrics
 from agent.sim_console import SimConsole, artifacts_lines, scenario_line, summary_table
 from agent.simulator import merge_summary

@@ -11,12 +11,16 @@ import pytest
 from agent.transport import DtmfReceived, HungUp
 from agent.webrtc import (
     PACKET_SAMPLES,
+    RECEIVE_PREFETCH_PACKETS,
     DeadlinePacer,
+    PacedAudioTrack,
     PacingStats,
     SampleFifo,
     frame_to_mono,
+    low_latency_receive,
     mono_frame,
     parse_data_message,
+    peer_connection,
 )
 
 
@@ -141,3 +145,28 @@ def test_pacing_stats_drift() -> None:
     skipped = PacingStats(packets=2901, first_sent_s=10.0, last_sent_s=70.001, last_index=3000, skipped=100)
     assert skipped.drift_s == pytest.approx(0.001)
     assert PacingStats().drift_s == 0.0
+
+
+def _prefetch(pc: object) -> list[int]:
+    return [t.receiver._RTCRtpReceiver__jitter_buffer._prefetch  # type: ignore[attr-defined]
+            for t in pc.getTransceivers() if t.kind == "audio"]  # type: ignore[attr-defined]
+
+
+async def test_low_latency_receive_shrinks_aiortc_audio_prefetch_on_both_sides() -> None:
+    """aiortc holds 4 audio packets (80 ms) before decoding; both the offering peer (the simulator's
+    caller) and the answering one (the server) get RECEIVE_PREFETCH_PACKETS instead."""
+    offerer, answerer = peer_connection(), peer_connection()
+    try:
+        offerer.addTrack(PacedAudioTrack())
+        assert _prefetch(offerer) == [4]  # aiortc's own: if this changes, revisit RECEIVE_PREFETCH_PACKETS
+        assert low_latency_receive(offerer) == 1
+        assert _prefetch(offerer) == [RECEIVE_PREFETCH_PACKETS] and RECEIVE_PREFETCH_PACKETS < 4
+        await offerer.setLocalDescription(await offerer.createOffer())
+        answerer.addTrack(PacedAudioTrack())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        assert low_latency_receive(answerer) == 1
+        assert _prefetch(answerer) == [RECEIVE_PREFETCH_PACKETS]
+        assert low_latency_receive(answerer) == 0  # idempotent
+    finally:
+        await offerer.close()
+        await answerer.close()
