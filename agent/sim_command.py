@@ -94,6 +94,12 @@ def turn_summary_line(calls: list[CallRecord]) -> str:
             f"false interruptions {s['false_interruptions']}")
 
 
+def for_simulation(settings: Settings) -> Settings:
+    """Scenarios test the agent's behaviour, not admission: a slow shared CPU must not turn them into
+    "overloaded" refusals (``serve`` keeps ``server.admission_step_margin``)."""
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, admission_step_margin=0.0))
+
+
 def run_simulate(settings: Settings, paths: list[str], transport: str, concurrency: int, out: Path,
                  log_file: Path | None = None) -> int:
     try:
@@ -107,9 +113,7 @@ def run_simulate(settings: Settings, paths: list[str], transport: str, concurren
     except ProvenanceError as exc:
         raise CliError(str(exc)) from None
     choice = choose_for_settings(settings.model)  # the engine process loads it
-    # scenarios test the agent's behaviour, not admission: a slow shared CPU must not turn them into
-    # "overloaded" refusals (serve keeps server.admission_step_margin)
-    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, admission_step_margin=0.0))
+    settings = for_simulation(settings)
     _say(f"simulate: {len(scenarios)} scenario(s) over {transport}, {min(concurrency, len(scenarios))} at a time, "
          f"into {out}/")
 

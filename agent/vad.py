@@ -83,14 +83,12 @@ class SileroVad:
     """
 
     def __init__(self, net: Any) -> None:
-        import torch
-
         self._net = net
         self._context_samples = int(net.context_size_samples)
         self.sample_rate = SILERO_SAMPLE_RATE
         self.chunk_samples = SILERO_CHUNK_SAMPLES
-        self._state: torch.Tensor = torch.zeros(0)
-        self._context: torch.Tensor = torch.zeros(0)
+        self._state: torch.Tensor
+        self._context: torch.Tensor
         self.reset()
 
     @classmethod
@@ -129,7 +127,7 @@ class SileroVad:
     def reset(self) -> None:
         import torch
 
-        self._state = torch.zeros(2, 1, 128)
+        self._state = torch.zeros(0)  # empty: the network starts from zeros, as the package's reset does
         self._context = torch.zeros(1, self._context_samples)
 
 

@@ -56,18 +56,18 @@ def demo_checkpoint(cache_root: Path | None = None) -> Path:
 
 
 def settings_for(checkpoint: Path, config: SimConfig, max_calls: int) -> Any:
+    from agent.sim_command import for_simulation
     from config.loader import load_settings
 
     base: dict[str, dict[str, Any]] = {
         "model": {"ref": str(checkpoint), "offline_fallback": "error", "greeting": ""},
         "vad": {"backend": "silero"},
-        # every call is taken, as `lfm-call simulate` does: a simulation measures the calls, not admission
-        "server": {"max_calls": max_calls, "admission_step_margin": 0.0},
+        "server": {"max_calls": max_calls},
         "logging": {"level": "WARNING"},
     }
     for section, values in config.overrides.items():
         base.setdefault(section, {}).update(values)
-    return load_settings(environ={}, overrides=[base])
+    return for_simulation(load_settings(environ={}, overrides=[base]))
 
 
 def scenario_from_yaml(text: str, name: str) -> Scenario:
