@@ -51,7 +51,23 @@ class VadSpeechStopped:
     at_ms: int
 
 
-VadEvent = VadSpeechStarted | VadSpeechPaused | VadSpeechResumed | VadSpeechStopped
+@dataclass(frozen=True)
+class VadVoiceOnset:
+    """The voice crossed the start threshold at ``at_ms``; not yet ``start_ms`` long (it may be a click).
+
+    Followed by ``VadSpeechStarted`` (the same ``at_ms``) or ``VadVoiceOnsetDropped``."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class VadVoiceOnsetDropped:
+    """The onset fell below the stop threshold at ``at_ms`` before it became speech."""
+
+    at_ms: int
+
+
+VadEvent = VadSpeechStarted | VadSpeechPaused | VadSpeechResumed | VadSpeechStopped | VadVoiceOnset | VadVoiceOnsetDropped
 
 # --- Playout (agent/playout.py) -------------------------------------------------------------------
 
@@ -154,6 +170,7 @@ class FalseInterruption:
     at_ms: int
     speech_started_ms: int
     voiced_ms: int
+    onset_only: bool = False  # a hold at a voice onset that never became speech (not counted as ignored)
 
 
 @dataclass(frozen=True)
@@ -214,10 +231,12 @@ class InterruptionSuspected:
 
     Holding at once is what makes barge-in fast at the caller's ear; a FalseInterruption that
     follows (backchannel, cough) resumes the held audio where it stopped, nothing lost.
+    ``onset_only``: suspected at the voice onset, before the VAD confirmed speech (``vad.start_ms``).
     """
 
     at_ms: int
     speech_started_ms: int
+    onset_only: bool = False
 
 
 TurnEvent = (

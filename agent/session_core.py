@@ -56,7 +56,8 @@ from collections import deque
 
 import numpy as np
 
-from agent.audio import MODEL_INPUT_RATE, MODEL_OUTPUT_RATE, PcmFrame, float32_to_int16
+from agent.audio import MODEL_INPUT_RATE, MODEL_OUTPUT_RATE, Float32Array, PcmFrame, float32_to_int16
+from agent.audio_clock import AudioClock
 from agent.echo_gate import EchoGate
 from agent.engine_api import (
     AddText,
@@ -74,6 +75,7 @@ from agent.engine_api import (
     Retract,
     TextDelta,
 )
+from agent.engine_feed import EngineFeed
 from agent.events import (
     AgentAudioFinished,
     AgentFinishedSpeaking,
@@ -112,10 +114,6 @@ from agent.vad import VadState, VadTracker, VoiceDetector
 log = logging.getLogger("agent.session")
 
 PACKET_MS = 20
-FRAME_SAMPLES_16K = 1280
-PREROLL_KEEP_MS = 3000
-MAX_AUDIO_LAG_MS = 1000
-OFFSET_WINDOW_MS = 2000
 CONTROL_REQUESTS = 1 << 20  # request ids of Interrupt commands start here (replies use their epoch)
 
 
@@ -157,21 +155,14 @@ class SessionCore:
         self.mark = self.summary.mark = self.options.mark.for_call(call_id)
         self._actions: list[Action] = []
         self._requests = itertools.count(CONTROL_REQUESTS)
-        self._in_samples = 0  # caller audio received, in 16 kHz samples
+        self.clock = AudioClock(MODEL_INPUT_RATE)  # caller audio (16 kHz samples) against the wall clock
         self._out_samples = 0  # agent audio sent, in 16 kHz samples (reference timeline)
         self._out_24k = 0  # agent audio sent, in 24 kHz samples
         self._held_since: int | None = None
-        self._audio_offset: int | None = None  # audio time minus wall time, least delayed packet
-        self._offsets: deque[tuple[int, int]] = deque()  # (wall ms, offset) of recent packets
-        self._tt_last = 0
         self._dtmf_digits = ""
         self._dtmf_last_ms = 0
         self._early: TurnMetrics | None = None  # answer started on EndOfTurnPredicted, held
-        self._pause_frames: list[Int16Array] = []  # caller audio since then (fed if the turn goes on)
-        self._recent: deque[tuple[int, Int16Array]] = deque()  # (16 kHz start sample, samples)
-        self._feeding = False
-        self._feed_buf = np.zeros(0, np.int16)
-        self._fed_until = 0  # caller audio before this 16 kHz sample was already fed
+        self.feed = EngineFeed()  # what of the caller's audio the engine hears
         self._turn_by_epoch: dict[int, TurnMetrics] = {}
         self._text_by_epoch: dict[int, str] = {}
         self._interrupt_turns: dict[int, TurnMetrics | None] = {}
@@ -244,7 +235,7 @@ class SessionCore:
             self._send(self._silence_24k, now_ms, None, None)
         if self._dtmf_digits and now_ms - self._dtmf_last_ms >= self.options.dtmf_end_of_input_ms:
             self._end_dtmf_input(now_ms)
-        tt = self._turn_time(now_ms)
+        tt = self.clock.turn_time(now_ms)
         for pe in out.events:
             if isinstance(pe, AgentAudioFinished) and pe.epoch == self._answer_epoch:
                 self._answer_epoch = None
@@ -271,94 +262,49 @@ class SessionCore:
         pcm = np.asarray(self._in_resampler.process(samples), dtype=np.int16)
         if pcm.size == 0:
             return
-        start = self._in_samples
-        self._in_samples += pcm.size
+        start = self.clock.packet(pcm.size, now)
         start_ms = start * 1000 // MODEL_INPUT_RATE
-        end_ms = self._in_samples * 1000 // MODEL_INPUT_RATE
         heard: Int16Array | np.ndarray = pcm
         if self.gate is not None:
             heard = self.gate.process(pcm, start_ms).cleaned
         to_engine = float32_to_int16(np.asarray(heard, np.float32)) \
             if self.gate is not None and self.options.feed_cleaned_audio else pcm
-        self._recent.append((start, to_engine))
-        while self._recent and self._recent[0][0] < self._in_samples - PREROLL_KEEP_MS * MODEL_INPUT_RATE // 1000:
-            self._recent.popleft()
-        # audio time minus wall time; the largest recent one is the least delayed packet. Recent only:
-        # a transport that conceals losses or drops late packets moves the audio clock against the wall
-        offset = end_ms - now
-        self._offsets.append((now, offset))
-        while self._offsets and self._offsets[0][0] < now - OFFSET_WINDOW_MS:
-            self._offsets.popleft()
-        self._audio_offset = max(o for _, o in self._offsets)
-        tt = self._turn_time(now)
+        tt = self.clock.turn_time(now)
+        offset = self.clock.offset_ms or 0
         for vad_event in self.vad.feed(heard, start_ms):
             self._track_vad(vad_event)
-            at = max(0, min(tt, vad_event.at_ms - self._audio_offset))
+            at = max(0, min(tt, vad_event.at_ms - offset))
             self._act(self.turns.handle(dataclasses.replace(vad_event, at_ms=at), tt), now)
         # the caller's own audio, not the echo gate's output (which zeroes quiet blocks and so breaks the
         # contour's fade and the backchannel judge's spectra), with the VAD's state decided on the gated audio
         self.turns.audio(pcm, self.vad.state is VadState.SPEAKING, tt)
         self._act(self.turns.tick(tt), now)
-        if self._feeding and start >= self._fed_until:  # (feeding that started just now took this packet)
-            self._feed(to_engine)
-        elif self._early is not None:
-            self._pause_frames.append(to_engine)
-
-    def _turn_time(self, now: int) -> int:
-        """TurnTaking's clock: the caller audio processed so far (on the wall timeline), so that a
-        stalled event loop cannot turn a backlog of unprocessed silence into "speech still going";
-        it never lags the wall clock by more than MAX_AUDIO_LAG_MS (a transport that stops sending
-        in silence, e.g. Opus DTX, must not stop time)."""
-        audio_now = now if self._audio_offset is None else \
-            self._in_samples * 1000 // MODEL_INPUT_RATE - self._audio_offset
-        t = max(audio_now, now - MAX_AUDIO_LAG_MS, self._tt_last)
-        self._tt_last = t
-        return t
+        self._feed(self.feed.audio(start, to_engine, hold=self._early is not None))
 
     def _track_vad(self, vad_event: VadEvent) -> None:
         name = type(vad_event).__name__
-        at = vad_event.at_ms - (self._audio_offset or 0)
+        at = vad_event.at_ms - (self.clock.offset_ms or 0)
         if name == "VadSpeechStarted":
             self._vad_start = at
         elif name == "VadSpeechStopped" and self._vad_start is not None:
             self.summary.vad_segments.append((self._vad_start, at))
             self._vad_start = None
 
-    def _start_feeding(self, from_ms: int) -> None:
-        """Feed the engine from `speech_preroll_ms` before `from_ms` (turn time) on."""
-        audio_ms = from_ms + (self._audio_offset or 0) - self.options.speech_preroll_ms
-        first = audio_ms * MODEL_INPUT_RATE // 1000
-        parts = []
-        for start, pcm in self._recent:
-            end = start + pcm.size
-            if end <= first:
-                continue
-            parts.append(pcm[max(0, first - start):])
-        self._feeding = True
-        self._feed_buf = np.zeros(0, np.int16)
-        self._fed_until = self._in_samples
-        if parts:
-            self._feed(np.concatenate(parts))
-
-    def _feed(self, pcm: Int16Array) -> None:
-        buf = np.concatenate([self._feed_buf, pcm]) if self._feed_buf.size else pcm
-        whole = buf.size // FRAME_SAMPLES_16K
-        for i in range(whole):
-            frame = buf[i * FRAME_SAMPLES_16K : (i + 1) * FRAME_SAMPLES_16K].astype(np.float32) / 32768.0
+    def _feed(self, frames: list[Float32Array]) -> None:
+        for frame in frames:
             self._submit(Feed(self.engine_call, frame))
-        self._feed_buf = buf[whole * FRAME_SAMPLES_16K :].copy()
 
     # -- turn events ----------------------------------------------------------------------------------------
     def _act(self, events: list[TurnEvent], now: int) -> None:
         for ev in events:
             if isinstance(ev, SpeechStarted):
-                if not self._feeding:
-                    self._start_feeding(ev.at_ms)
+                # from speech_preroll_ms before the onset (turn time -> audio samples)
+                audio_ms = ev.at_ms + (self.clock.offset_ms or 0) - self.options.speech_preroll_ms
+                self._feed(self.feed.start(audio_ms * MODEL_INPUT_RATE // 1000))
                 event(log, "turn.speech_started", at_ms=ev.at_ms)
             elif isinstance(ev, EndOfTurnPredicted):
                 # start the answer now, hold its audio until the end of turn is confirmed
-                self._feeding = False
-                self._pause_frames = []
+                self.feed.hold_from_now()
                 self._early = self._start_answer(ev.speech_ended_ms, None)
                 self.playout.hold()
                 event(log, "turn.end_predicted", at_ms=ev.at_ms, epoch=self._early.epoch)
@@ -369,9 +315,9 @@ class SessionCore:
                 self._withdraw_early_answer(now)
             elif isinstance(ev, TurnConfirmed):  # the speculative answer stays
                 self._early = None
-                self._pause_frames = []
+                self.feed.drop_held()
             elif isinstance(ev, EndOfTurn):
-                self._feeding = False
+                self.feed.stop()
                 if self._early is not None:
                     metrics = self._early
                     self.playout.resume()
@@ -380,22 +326,26 @@ class SessionCore:
                 # kept (with the caller's audio from now on) while the end is speculative: withdrawable
                 self._early = metrics if ev.speculative else None
                 if not ev.speculative:
-                    self._pause_frames = []
+                    self.feed.drop_held()
                 metrics.end_of_turn_ms = ev.at_ms
                 self.summary.end_of_turns.append(ev.at_ms)
                 event(log, "turn.end", at_ms=ev.at_ms, speech_ended_ms=ev.speech_ended_ms, epoch=metrics.epoch,
                       reason=ev.reason.value, required_silence_ms=self.turns.detector.required_silence_ms(ev.at_ms))
             elif isinstance(ev, InterruptionSuspected):
-                self.playout.hold()
-                self._actions.append(PauseOutput())  # held, not discarded: it may be a cough
-                self._held_since = now
-                event(log, "turn.interruption_suspected", at_ms=ev.at_ms)
+                if not (self.playout.held and self._held_since is not None):  # (held since the onset: keep it)
+                    self.playout.hold()
+                    self._actions.append(PauseOutput())  # held, not discarded: it may be a cough
+                    self._held_since = now
+                event(log, "turn.interruption_suspected", at_ms=ev.at_ms, onset_only=ev.onset_only)
             elif isinstance(ev, FalseInterruption):
                 self.playout.resume()
                 self._actions.append(ResumeOutput())
                 self._held_since = None
-                self.summary.ignored_interruptions += 1
-                event(log, "turn.false_interruption", voiced_ms=ev.voiced_ms)
+                if ev.onset_only:
+                    self.summary.onset_holds += 1
+                else:
+                    self.summary.ignored_interruptions += 1
+                event(log, "turn.false_interruption", voiced_ms=ev.voiced_ms, onset_only=ev.onset_only)
             elif isinstance(ev, BargeIn):
                 self._barge_in(ev, now)
             elif isinstance(ev, ResponseTimedOut):
@@ -439,7 +389,7 @@ class SessionCore:
         self._submit(AddText(self.engine_call, f"DTMF: {digits}"))
         event(log, "call.dtmf_input", digits=digits)
         if self.turns.state is not TurnState.CALLER_SPEAKING:  # else the turn ends by silence as usual
-            self._feeding = False
+            self.feed.stop()
             self._start_answer(self._dtmf_last_ms, now)
             self.summary.end_of_turns.append(now)
 
@@ -453,11 +403,7 @@ class SessionCore:
         self._stop_agent(now)  # new epoch: the held audio and late chunks are dropped
         self.summary.turns.remove(early)
         self.summary.withdrawn_answers += 1
-        self._feeding = True
-        self._feed_buf = np.zeros(0, np.int16)
-        for pcm in self._pause_frames:
-            self._feed(pcm)
-        self._pause_frames = []
+        self._feed(self.feed.resume())
         event(log, "turn.continued", withdrawn_epoch=early.epoch)
 
     def _stop_agent(self, now: int) -> Interruption:
@@ -515,7 +461,7 @@ class SessionCore:
                 if ev.frames == 0:
                     if ev.request == self._answer_epoch:
                         self._answer_epoch = None
-                    self._act(self.turns.agent_response_empty(self._turn_time(now)), now)
+                    self._act(self.turns.agent_response_empty(self.clock.turn_time(now)), now)
         elif isinstance(ev, InterruptDone):
             self._interrupt_turns.pop(ev.request, None)
         elif isinstance(ev, Rejected):
@@ -535,7 +481,7 @@ class SessionCore:
             self.playout.resume()
         self.playout.mark_end(self.coordinator.epoch)
         self._answer_epoch = None
-        self._act(self.turns.agent_response_empty(self._turn_time(now)), now)
+        self._act(self.turns.agent_response_empty(self.clock.turn_time(now)), now)
 
     # -- outbound ---------------------------------------------------------------------------------------------
     def _send(self, samples_24k: Int16Array, now: int, epoch: int | None, sequence: int | None) -> None:

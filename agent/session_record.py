@@ -56,6 +56,7 @@ class CallSummary:
     turns: list[TurnMetrics] = field(default_factory=list)
     barge_ins: list[BargeInMetrics] = field(default_factory=list)
     ignored_interruptions: int = 0
+    onset_holds: int = 0  # the agent held at a voice onset that never became speech (a brief pause)
     end_of_turns: list[int] = field(default_factory=list)
     vad_segments: list[tuple[int, int]] = field(default_factory=list)
     dtmf: str = ""
@@ -100,6 +101,7 @@ class SessionOptions:
                 speculative_window_ms=settings.endpointing.speculative_window_ms,
                 barge_in_word_ms=t.barge_in_word_ms,
                 backchannel_max_ms=t.backchannel_max_ms,
+                hold_at_voice_onset=t.hold_at_voice_onset,
             ),
             turn_end=functools.partial(policy_from_settings, settings),
             vad=TrackerSettings(start_threshold=v.start_threshold, stop_threshold=v.stop_threshold,

@@ -39,6 +39,9 @@ AGENT_THINKING         no audio for S.response_timeout_ms           LISTENING   
 AGENT_THINKING         agent_response_empty                         LISTENING                none
 AGENT_SPEAKING         speech                                       INTERRUPTION_PENDING     InterruptionSuspected: the session holds
                                                                                              the agent's audio (kept) until decided
+AGENT_SPEAKING         voice onset (S.hold_at_voice_onset)          AGENT_SPEAKING           InterruptionSuspected(onset_only): held at the
+                                                                                             first voiced chunk; the onset dropped (or the
+                                                                                             agent done) -> FalseInterruption(onset_only)
 AGENT_SPEAKING         agent_audio_finished                         LISTENING                AgentFinishedSpeaking
 INTERRUPTION_PENDING   voiced >= S.barge_in_min_speech_ms           CALLER_SPEAKING          BargeIn, SpeechStarted (the turn starts at the
                                                                                              interrupting speech's start)
@@ -104,6 +107,8 @@ from agent.events import (
     VadSpeechResumed,
     VadSpeechStarted,
     VadSpeechStopped,
+    VadVoiceOnset,
+    VadVoiceOnsetDropped,
 )
 from agent.turn_end import SilenceDetector, TurnEndDetector
 
@@ -127,6 +132,7 @@ class TurnTakingSettings:
     speculative_window_ms: int = 0  # 0: off; else caller speech within the agent's first N ms: false start
     barge_in_word_ms: int = 0  # 0: duration only; else a BackchannelJudge: WORDS barge in after this much voiced
     backchannel_max_ms: int = 1200  # with the judge: any speech over the agent this long (voiced) barges in
+    hold_at_voice_onset: bool = False  # suspect at the VAD's first voiced chunk, not after its start_ms
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
@@ -179,6 +185,7 @@ class TurnTaking:
         self._silence_since_ms: int | None = None
         self._end_of_turn_ms = 0
         self._predicted = False  # EndOfTurnPredicted was sent for the current silence
+        self._onset_ms: int | None = None  # held at a voice onset that is not speech yet (hold_at_voice_onset)
 
     # --- inputs ---------------------------------------------------------------------------------
 
@@ -192,6 +199,10 @@ class TurnTaking:
             return self.speech_paused(event.at_ms, now_ms)
         if isinstance(event, VadSpeechStopped):
             return self.speech_stopped(event.at_ms, now_ms)
+        if isinstance(event, VadVoiceOnset):
+            return self.voice_onset(event.at_ms, now_ms)
+        if isinstance(event, VadVoiceOnsetDropped):
+            return self.voice_onset_dropped(now_ms)
         if isinstance(event, AgentAudioStarted):
             return self.agent_audio_started(now_ms)
         if isinstance(event, AgentAudioFinished):
@@ -204,8 +215,23 @@ class TurnTaking:
         if self.judge is not None:
             self.judge.feed(pcm, voiced, now_ms, self.agent_audio_playing)
 
+    def voice_onset(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
+        """The VAD's first voiced chunk, before it is speech: over the agent (with
+        S.hold_at_voice_onset) the agent's audio is held at once, ``vad.start_ms`` sooner."""
+        self._advance(now_ms)
+        if self.settings.hold_at_voice_onset and self.state is TurnState.AGENT_SPEAKING \
+                and self._onset_ms is None and not self._in_window(now_ms):
+            self._onset_ms = at_ms
+            return [InterruptionSuspected(at_ms=now_ms, speech_started_ms=at_ms, onset_only=True)]
+        return self._evaluate(now_ms)
+
+    def voice_onset_dropped(self, now_ms: int) -> list[TurnEvent]:
+        self._advance(now_ms)
+        return self._release_onset(now_ms) + self._evaluate(now_ms)
+
     def speech_started(self, at_ms: int, now_ms: int) -> list[TurnEvent]:
         self._advance(now_ms)
+        self._onset_ms = None  # the onset became speech: the hold goes on as an ordinary suspicion
         self._talkspurt = True
         self._ignore_talkspurt = False
         return self._voice_on(at_ms, now_ms)
@@ -258,7 +284,7 @@ class TurnTaking:
         if not self.agent_audio_playing:
             return self._evaluate(now_ms)
         self.agent_audio_playing = False
-        events: list[TurnEvent] = [AgentFinishedSpeaking(at_ms=now_ms, interrupted=interrupted)]
+        events: list[TurnEvent] = [*self._release_onset(now_ms), AgentFinishedSpeaking(at_ms=now_ms, interrupted=interrupted)]
         if self.state is TurnState.AGENT_SPEAKING:
             self.state = TurnState.LISTENING
         elif self.state is TurnState.INTERRUPTION_PENDING:
@@ -281,6 +307,13 @@ class TurnTaking:
 
     def next_deadline_ms(self) -> int | None:
         """The next time at which ``tick`` could emit something without new input (None: no timer)."""
+        timer = self._state_deadline_ms()
+        if self._onset_ms is None:
+            return timer
+        onset_end = self._onset_ms + self.settings.false_interruption_timeout_ms
+        return onset_end if timer is None else min(timer, onset_end)
+
+    def _state_deadline_ms(self) -> int | None:
         s = self.settings
         if self._speculative and self._speculative_until is not None and \
                 self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
@@ -371,8 +404,18 @@ class TurnTaking:
         self.state = self._agent_state()
         return FalseInterruption(at_ms=now_ms, speech_started_ms=self._speech_start_ms, voiced_ms=voiced_ms)
 
+    def _release_onset(self, now_ms: int) -> list[TurnEvent]:
+        """End a hold taken at a voice onset that did not become speech (the agent resumes)."""
+        if self._onset_ms is None:
+            return []
+        started, self._onset_ms = self._onset_ms, None
+        return [FalseInterruption(at_ms=now_ms, speech_started_ms=started, voiced_ms=0, onset_only=True)]
+
     def _evaluate(self, now_ms: int) -> list[TurnEvent]:
         s = self.settings
+        if self._onset_ms is not None and (self.state is not TurnState.AGENT_SPEAKING or
+                                           now_ms - self._onset_ms >= s.false_interruption_timeout_ms):
+            return self._release_onset(now_ms) + self._evaluate(now_ms)  # never held for good by an onset
         if self.state is TurnState.INTERRUPTION_PENDING:
             voiced_ms = self._voiced_ms(now_ms)
             if self._interrupts(voiced_ms, now_ms):

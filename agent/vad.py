@@ -10,10 +10,10 @@ quiet/starting/speaking/stopping hysteresis over the probabilities:
 =========  ===========================  ===========  =========================================
 state      chunk probability p          next state   event (at = real start / end of speech)
 =========  ===========================  ===========  =========================================
-QUIET      p >= start_threshold         STARTING     (candidate start = chunk start)
+QUIET      p >= start_threshold         STARTING     VadVoiceOnset(candidate = chunk start)
 STARTING   p >= stop_threshold          STARTING     -> SPEAKING + VadSpeechStarted(candidate)
                                                      once speech lasted ``start_ms``
-STARTING   p <  stop_threshold          QUIET        none (too short: a click, a cough)
+STARTING   p <  stop_threshold          QUIET        VadVoiceOnsetDropped (too short: a click)
 SPEAKING   p <  stop_threshold          STOPPING     VadSpeechPaused(chunk start)
 STOPPING   p >= start_threshold         SPEAKING     VadSpeechResumed(chunk start)
 STOPPING   otherwise                    STOPPING     -> QUIET + VadSpeechStopped(pause start)
@@ -38,7 +38,15 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.audio import AudioError
-from agent.events import VadEvent, VadSpeechPaused, VadSpeechResumed, VadSpeechStarted, VadSpeechStopped
+from agent.events import (
+    VadEvent,
+    VadSpeechPaused,
+    VadSpeechResumed,
+    VadSpeechStarted,
+    VadSpeechStopped,
+    VadVoiceOnset,
+    VadVoiceOnsetDropped,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -230,9 +238,11 @@ class VadTracker:
             if probability >= s.start_threshold:
                 self.state = VadState.STARTING
                 self._candidate_ms = start_ms
+                events.append(VadVoiceOnset(at_ms=start_ms))
         elif self.state is VadState.STARTING:
             if probability < s.stop_threshold:
                 self.state = VadState.QUIET
+                events.append(VadVoiceOnsetDropped(at_ms=start_ms))
         elif self.state is VadState.SPEAKING:
             if probability < s.stop_threshold:
                 self.state = VadState.STOPPING

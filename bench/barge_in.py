@@ -150,7 +150,8 @@ async def measure_barge_in(quick: bool, out_dir: Path | None, checkpoint: Path, 
 def false_counts(calls: list[SimCall]) -> dict[str, float]:
     minutes = sum(c.record.duration_ms for c in calls) / 60000.0
     false = sum(len(c.record.false_interruptions) + len(c.record.barge_ins) for c in calls)
-    resumed = sum(c.summary.ignored_interruptions for c in calls if c.summary is not None)
+    # every hold the agent resumed from: a sound that was not a barge-in, or a voice onset that never became speech
+    resumed = sum(c.summary.ignored_interruptions + c.summary.onset_holds for c in calls if c.summary is not None)
     heard = sum(c.record.metrics()["agent_turns"] for c in calls)
     return {"calls": len(calls), "minutes": minutes, "false": false,
             "per_minute": false / minutes if minutes else float("nan"),
@@ -184,7 +185,7 @@ async def measure_false(quick: bool, out_dir: Path | None, checkpoint: Path, loa
                f"(delay/gain {', '.join(f'{d} ms/{g} dB' for d, g in ECHO_LINES)}; G.711 u-law, A-law or clean), "
                "every second call also says two backchannels (uh-huh, yeah, okay, mm-hmm, right) over the reply",
                "false interruptions = the report's false_interruptions + barge-ins (no caller here cuts in)",
-               "held then resumed = the agent suspected a barge-in, paused its audio and went on (audible pause)"],
+               "held then resumed = the agent suspected a barge-in (at a voice onset or at speech), paused its audio and went on (audible pause)"],
     )
     section.metrics = {"per_minute": Metric(results[True]["per_minute"], "1/min", "lower"),
                        "resumed_per_minute": Metric(results[True]["resumed_per_minute"], "1/min", "lower")}

@@ -286,3 +286,27 @@ def test_speculative_end_of_turn_confirmed_keeps_the_answer() -> None:
     h.core._act([TurnConfirmed(h.now)], h.now)
     h.do(h.core.dtmf("1", h.now))  # keys now stop the answer, they no longer withdraw it
     assert not h.commands(Retract) and len(h.core.summary.turns) == 1
+
+
+def test_onset_hold_pauses_at_the_first_voiced_chunk_and_a_click_resumes_it_as_an_onset_hold() -> None:
+    h = Harness(options(hold_at_voice_onset=True), reply_frames=40)
+    answered(h)
+    h.silence(100)
+    h.speak(40)  # a click: one voiced chunk, shorter than vad.start_ms
+    assert h.count(PauseOutput) == 1 and h.core.playout.held
+    h.silence(200)
+    assert h.count(ResumeOutput) == 1 and not h.core.playout.held
+    assert h.core.summary.onset_holds == 1 and h.core.summary.ignored_interruptions == 0
+
+
+def test_onset_hold_stops_a_barge_in_sooner_with_one_pause() -> None:
+    stops = {}
+    for onset in (False, True):
+        h = Harness(options(hold_at_voice_onset=onset), reply_frames=40)
+        answered(h)
+        h.silence(100)
+        cut_in = h.now
+        h.speak(800)
+        assert h.count(PauseOutput) == 1 and len(h.core.summary.barge_ins) == 1
+        stops[onset] = h.core.summary.barge_ins[0].stopped_ms - cut_in
+    assert stops[True] < stops[False], stops

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from agent.events import (
@@ -368,3 +370,59 @@ def test_predicted_end_then_silence_confirms_with_one_prediction_per_pause() -> 
 def test_early_response_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="early_response_silence_ms"):
         TurnTakingSettings(end_of_turn_silence_ms=600, early_response_silence_ms=600)
+
+
+# --- holding at the voice onset (turn.hold_at_voice_onset) ---------------------------------------------
+
+ONSET = dataclasses.replace(SETTINGS, hold_at_voice_onset=True)
+
+
+def onset_call(settings: TurnTakingSettings = ONSET) -> Caller:
+    call = Caller(settings)
+    call.silence(320)
+    call.speak(1600)
+    call.silence(800)
+    call.agent_starts()
+    call.events.clear()
+    return call
+
+
+def test_onset_hold_suspects_at_the_first_voiced_chunk_then_barges_in_without_a_second_hold() -> None:
+    call = onset_call()
+    start_ms = call.now_ms
+    call.speak(800)
+    suspected = call.of(InterruptionSuspected)
+    assert [(t - start_ms, e.onset_only) for t, e in suspected] == [(Caller.CHUNK_MS, True), (2 * Caller.CHUNK_MS, False)]
+    (_, barge_in), = call.of(BargeIn)
+    assert isinstance(barge_in, BargeIn) and barge_in.speech_started_ms == start_ms
+    assert call.of(FalseInterruption) == []
+
+
+def test_a_click_that_never_becomes_speech_releases_the_onset_hold_and_a_barge_in_still_works() -> None:
+    call = onset_call()
+    call.speak(Caller.CHUNK_MS)
+    call.silence(320)
+    (_, released), = call.of(FalseInterruption)
+    assert isinstance(released, FalseInterruption) and released.onset_only and released.voiced_ms == 0
+    assert call.turns.state is TurnState.AGENT_SPEAKING and call.of(BargeIn) == []
+    call.events.clear()
+    call.speak(800)
+    assert len(call.of(BargeIn)) == 1
+
+
+def test_the_onset_hold_ends_when_the_agent_finishes_and_is_off_unless_configured() -> None:
+    call = onset_call()
+    call.speak(Caller.CHUNK_MS)
+    call.agent_finishes()
+    kinds = [type(e) for _, e in call.events]
+    assert kinds[:3] == [InterruptionSuspected, FalseInterruption, AgentFinishedSpeaking]
+    assert call.turns.next_deadline_ms() is None or call.turns.state is not TurnState.AGENT_SPEAKING
+    plain = onset_call(SETTINGS)
+    plain.speak(Caller.CHUNK_MS)
+    assert plain.of(InterruptionSuspected) == []
+
+
+def test_an_onset_while_the_caller_has_the_floor_holds_nothing() -> None:
+    call = Caller(ONSET)
+    call.speak(Caller.CHUNK_MS)
+    assert call.of(InterruptionSuspected) == [] and call.turns.state is TurnState.LISTENING

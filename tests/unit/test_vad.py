@@ -10,7 +10,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent.events import VadEvent, VadSpeechPaused, VadSpeechResumed, VadSpeechStarted, VadSpeechStopped
+from agent.events import (
+    VadEvent,
+    VadSpeechPaused,
+    VadSpeechResumed,
+    VadSpeechStarted,
+    VadSpeechStopped,
+    VadVoiceOnset,
+    VadVoiceOnsetDropped,
+)
 from agent.vad import EnergyVad, EnergyVadSettings, SileroVad, VadSettings, VadState, VadTracker
 
 CHUNK_MS = 32
@@ -28,13 +36,17 @@ def run_probabilities(tracker: VadTracker, probabilities: list[float]) -> list[t
 def test_speech_start_is_confirmed_after_start_ms_but_dated_at_real_start() -> None:
     tracker = VadTracker(settings=VadSettings(start_ms=96, stop_ms=160))
     events = run_probabilities(tracker, [0.0, 0.0, 0.9, 0.9, 0.9, 0.9])
-    assert events == [(5 * CHUNK_MS, VadSpeechStarted(at_ms=2 * CHUNK_MS))]
+    # the onset is told at once (the agent may hold its audio), the speech once it lasted start_ms
+    assert events == [(3 * CHUNK_MS, VadVoiceOnset(at_ms=2 * CHUNK_MS)), (5 * CHUNK_MS, VadSpeechStarted(at_ms=2 * CHUNK_MS))]
     assert tracker.state is VadState.SPEAKING
 
 
 def test_blip_shorter_than_start_ms_is_not_speech() -> None:
     tracker = VadTracker(settings=VadSettings(start_ms=96))
-    assert run_probabilities(tracker, [0.9, 0.9, 0.1, 0.0, 0.9, 0.1]) == []
+    assert run_probabilities(tracker, [0.9, 0.9, 0.1, 0.0, 0.9, 0.1]) == [
+        (CHUNK_MS, VadVoiceOnset(at_ms=0)), (3 * CHUNK_MS, VadVoiceOnsetDropped(at_ms=2 * CHUNK_MS)),
+        (5 * CHUNK_MS, VadVoiceOnset(at_ms=4 * CHUNK_MS)), (6 * CHUNK_MS, VadVoiceOnsetDropped(at_ms=5 * CHUNK_MS)),
+    ]
     assert tracker.state is VadState.QUIET
 
 
@@ -43,6 +55,7 @@ def test_pause_resume_and_stop_carry_the_real_times() -> None:
     probs = [0.9, 0.9, 0.9, 0.1, 0.1, 0.8, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0]
     events = run_probabilities(tracker, probs)
     assert [e for _, e in events] == [
+        VadVoiceOnset(at_ms=0),
         VadSpeechStarted(at_ms=0),
         VadSpeechPaused(at_ms=3 * CHUNK_MS),
         VadSpeechResumed(at_ms=5 * CHUNK_MS),
@@ -58,7 +71,7 @@ def test_hysteresis_between_thresholds_keeps_the_current_state() -> None:
     # 0.45 neither starts speech from quiet nor stops it while speaking.
     assert run_probabilities(tracker, [0.45, 0.45]) == []
     events = run_probabilities(tracker, [0.7, 0.45, 0.45, 0.45])
-    assert [type(e) for _, e in events] == [VadSpeechStarted]
+    assert [type(e) for _, e in events] == [VadVoiceOnset, VadSpeechStarted]
     assert tracker.state is VadState.SPEAKING
 
 
