@@ -18,16 +18,15 @@ from collections import deque
 
 import numpy as np
 
-from agent.audio import Float32Array, Int16Array
+from agent.audio import MODEL_INPUT_RATE, Float32Array, Int16Array
 
 FRAME_SAMPLES_16K = 1280  # one 80 ms model frame at 16 kHz
 PREROLL_KEEP_MS = 3000  # caller audio kept for the pre-roll, ms
-RATE_16K = 16000
 
 
 class EngineFeed:
     def __init__(self, keep_ms: int = PREROLL_KEEP_MS) -> None:
-        self.keep_samples = keep_ms * RATE_16K // 1000
+        self.keep_samples = keep_ms * MODEL_INPUT_RATE // 1000
         self.feeding = False
         self._recent: deque[tuple[int, Int16Array]] = deque()  # (16 kHz start sample, samples)
         self._end = 0  # the sample after the newest audio
