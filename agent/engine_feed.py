@@ -19,8 +19,8 @@ from collections import deque
 import numpy as np
 
 from agent.audio import MODEL_INPUT_RATE, Float32Array, Int16Array
+from agent.engine_api import FEED_SAMPLES
 
-FRAME_SAMPLES_16K = 1280  # one 80 ms model frame at 16 kHz
 PREROLL_KEEP_MS = 3000  # caller audio kept for the pre-roll, ms
 
 
@@ -77,8 +77,8 @@ class EngineFeed:
 
     def _frames(self, pcm: Int16Array) -> list[Float32Array]:
         buf = np.concatenate([self._buf, pcm]) if self._buf.size else pcm
-        whole = buf.size // FRAME_SAMPLES_16K
-        frames = [buf[i * FRAME_SAMPLES_16K:(i + 1) * FRAME_SAMPLES_16K].astype(np.float32) / np.float32(32768.0)
+        whole = buf.size // FEED_SAMPLES
+        frames = [buf[i * FEED_SAMPLES:(i + 1) * FEED_SAMPLES].astype(np.float32) / np.float32(32768.0)
                   for i in range(whole)]
-        self._buf = buf[whole * FRAME_SAMPLES_16K:].copy()
+        self._buf = buf[whole * FEED_SAMPLES:].copy()
         return frames
