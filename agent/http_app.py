@@ -40,7 +40,8 @@ from agent.capacity import CallRefused, Reservation
 from agent.log import event, set_call_id
 from agent.metrics import Metrics
 from agent.session import CallSummary
-from agent.webrtc import WebRtcTransport, low_latency_receive, peer_connection
+from agent.webrtc import WebRtcTransport, peer_connection
+from agent.webrtc_receive import low_latency_receive
 from config.loader import ConfigError
 from config.schema import HttpSettings
 
@@ -358,7 +359,7 @@ class HttpApp:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError, KeyError, ... for malformed SDP
             raise HttpProblem(400, f"offer rejected: {type(exc).__name__}: {exc}", "webrtc_sdp") from None
-        low_latency_receive(pc)
+        transport.receive_buffers += low_latency_receive(pc)
         try:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)  # aiortc gathers every candidate here (non-trickle)

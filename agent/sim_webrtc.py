@@ -26,7 +26,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from agent.caller_leg import LEG_PACKET_SAMPLES, LEG_RATE, Int16Array
 from agent.resample import StreamingResampler
-from agent.webrtc import WEBRTC_RATE, PacedAudioTrack, frame_to_mono, low_latency_receive, peer_connection
+from agent.webrtc import WEBRTC_RATE, PacedAudioTrack, frame_to_mono, peer_connection
+from agent.webrtc_receive import low_latency_receive
 
 if TYPE_CHECKING:
     from agent.metrics import Metrics
@@ -86,7 +87,7 @@ class WebRtcCallerLeg:
         channel.on("open", opened.set)
         channel.on("message", self._on_message)
         pc.addTrack(self.track)
-        low_latency_receive(pc)  # like a browser's adaptive jitter buffer on a clean line
+        low_latency_receive(pc)  # a packet is heard when it arrives, as a browser does on a clean line
         pc.on("track", self._on_track)
 
         @pc.on("connectionstatechange")

@@ -40,6 +40,7 @@ from aiortc.mediastreams import MediaStreamError
 from agent.log import event
 from agent.resample import StreamingResampler
 from agent.transport import AudioReceived, DtmfReceived, HungUp, Int16Array, PacketsPlayed, TransportEvent
+from agent.webrtc_receive import AudioJitterBuffer, TimestampGaps
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ WEBRTC_RATE = 48000
 PACKET_MS = 20
 PACKET_SAMPLES = WEBRTC_RATE * PACKET_MS // 1000  # 960
 UNDERRUN_GRACE_S = 0.012  # how long a due packet may wait for the producer before silence goes out
-# aiortc's audio receivers hold 4 packets (80 ms) before decoding the first; 1 (20 ms, the least its
-# jitter buffer allows: a packet is released when the next one arrives) still waits for a reordered
-# or late packet, since release is in sequence order, but not for packets that are not missing
-RECEIVE_PREFETCH_PACKETS = 1
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MAX_DATA_MESSAGE_BYTES = 4096
 
@@ -58,33 +55,6 @@ MAX_DATA_MESSAGE_BYTES = 4096
 def peer_connection() -> RTCPeerConnection:
     """A peer connection with no STUN/TURN servers: aiortc's default would query a public STUN server."""
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
-def low_latency_receive(pc: RTCPeerConnection, prefetch: int = RECEIVE_PREFETCH_PACKETS) -> int:
-    """Give every audio receiver of `pc` a jitter buffer that holds `prefetch` packets, not aiortc's
-    4: 60 ms less latency on what the caller says (and, in the simulator's client, on what it hears).
-
-    aiortc has no setting for this, so the receiver's buffer is replaced; do it before media flows
-    (after ``setRemoteDescription`` on the answering side, after ``addTrack`` on the offering one).
-    Returns how many receivers were changed. A receiver whose buffer is not where aiortc keeps it (another
-    aiortc version) keeps its own, and that is logged once per call.
-    """
-    from aiortc.jitterbuffer import JitterBuffer
-
-    changed = 0
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind != "audio":
-            continue
-        receiver = transceiver.receiver
-        attr = "_RTCRtpReceiver__jitter_buffer"
-        current = getattr(receiver, attr, None)
-        if not isinstance(current, JitterBuffer):
-            event(log, "webrtc.receive_prefetch_unchanged", logging.INFO, reason="aiortc keeps no jitter buffer where expected")
-            continue
-        if current._prefetch != prefetch:
-            setattr(receiver, attr, JitterBuffer(capacity=current.capacity, prefetch=prefetch))
-            changed += 1
-    return changed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +303,8 @@ class WebRtcTransport:
         self._pump: asyncio.Task[None] | None = None
         self._ice_timer: asyncio.TimerHandle | None = None
         self._resampler: StreamingResampler | None = None
+        self.gaps = TimestampGaps()  # lost packets (or a peer's DTX) become silence on the call's timeline
+        self.receive_buffers: list[AudioJitterBuffer] = []  # set by the owner (low_latency_receive)
         self._settled = asyncio.Event()  # connected, or ended before connecting
         self._closed = False
         self._played: int | None = None  # the newest playout report not yet returned by receive
@@ -427,10 +399,22 @@ class WebRtcTransport:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
         self.outbound.stop()
+        if self.frames_received:
+            event(log, "webrtc.receive_stats", **self.receive_stats())
         if self.channel is not None and self.channel.readyState == "open":
             await asyncio.sleep(0.05)  # let the last events (hangup, ended) leave before SCTP is torn down
         with contextlib.suppress(Exception):
             await self.pc.close()
+
+    def receive_stats(self) -> dict[str, int]:
+        """Inbound packets lost, late, duplicated (from the receive buffers) and the silence that filled gaps."""
+        totals: dict[str, int] = {"frames": self.frames_received}
+        for buffer in self.receive_buffers:
+            for key, value in buffer.stats.items():
+                totals[key] = totals.get(key, 0) + value
+        totals["concealed_ms"] = round(self.gaps.concealed_s * 1000)
+        totals["gaps_skipped"] = self.gaps.skipped
+        return totals
 
     # -- internals -----------------------------------------------------------------------------------------------
     def _finish(self, reason: str) -> None:
@@ -508,8 +492,18 @@ class WebRtcTransport:
                 event(log, "webrtc.bad_frame", logging.WARNING, error=str(exc))
                 continue
             self.frames_received += 1
+            missing = self._missing_samples(frame)
+            if missing:
+                self._put(AudioReceived(np.zeros(missing, dtype=np.int16)))
             if samples.size:
                 self._put(AudioReceived(samples))
+
+    def _missing_samples(self, frame: av.AudioFrame) -> int:
+        """Samples (at WEBRTC_RATE) of silence for the audio lost before `frame`, from its timestamp."""
+        if frame.pts is None or frame.time_base is None or not frame.sample_rate:
+            return 0
+        gap = self.gaps.missing_before(frame.pts * Fraction(frame.time_base), Fraction(frame.samples, frame.sample_rate))
+        return round(gap * WEBRTC_RATE)
 
     def _to_rate(self, frame: av.AudioFrame) -> Int16Array:
         mono = frame_to_mono(frame)

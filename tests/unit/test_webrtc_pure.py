@@ -11,17 +11,16 @@ import pytest
 from agent.transport import DtmfReceived, HungUp
 from agent.webrtc import (
     PACKET_SAMPLES,
-    RECEIVE_PREFETCH_PACKETS,
     DeadlinePacer,
     PacedAudioTrack,
     PacingStats,
     SampleFifo,
     frame_to_mono,
-    low_latency_receive,
     mono_frame,
     parse_data_message,
     peer_connection,
 )
+from agent.webrtc_receive import AudioJitterBuffer, TimestampGaps, low_latency_receive
 
 
 def _stereo_packed(left: np.ndarray, right: np.ndarray) -> av.AudioFrame:
@@ -147,26 +146,131 @@ def test_pacing_stats_drift() -> None:
     assert PacingStats().drift_s == 0.0
 
 
-def _prefetch(pc: object) -> list[int]:
-    return [t.receiver._RTCRtpReceiver__jitter_buffer._prefetch  # type: ignore[attr-defined]
+def _buffers(pc: object) -> list[object]:
+    return [t.receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
             for t in pc.getTransceivers() if t.kind == "audio"]  # type: ignore[attr-defined]
 
 
-async def test_low_latency_receive_shrinks_aiortc_audio_prefetch_on_both_sides() -> None:
-    """aiortc holds 4 audio packets (80 ms) before decoding; both the offering peer (the simulator's
-    caller) and the answering one (the server) get RECEIVE_PREFETCH_PACKETS instead."""
+async def test_low_latency_receive_replaces_aiortc_audio_buffers_on_both_sides() -> None:
+    """Both the offering peer (the simulator's caller) and the answering one (the server) get an
+    AudioJitterBuffer in place of aiortc's, which waits for 4 packets; a second call changes nothing."""
+    from aiortc.jitterbuffer import JitterBuffer
+
     offerer, answerer = peer_connection(), peer_connection()
     try:
         offerer.addTrack(PacedAudioTrack())
-        assert _prefetch(offerer) == [4]  # aiortc's own: if this changes, revisit RECEIVE_PREFETCH_PACKETS
-        assert low_latency_receive(offerer) == 1
-        assert _prefetch(offerer) == [RECEIVE_PREFETCH_PACKETS] and RECEIVE_PREFETCH_PACKETS < 4
+        before = _buffers(offerer)
+        assert len(before) == 1 and isinstance(before[0], JitterBuffer) and before[0]._prefetch == 4  # type: ignore[attr-defined]
+        installed = low_latency_receive(offerer)
+        assert len(installed) == 1 and _buffers(offerer) == installed
         await offerer.setLocalDescription(await offerer.createOffer())
         answerer.addTrack(PacedAudioTrack())
         await answerer.setRemoteDescription(offerer.localDescription)
-        assert low_latency_receive(answerer) == 1
-        assert _prefetch(answerer) == [RECEIVE_PREFETCH_PACKETS]
-        assert low_latency_receive(answerer) == 0  # idempotent
+        installed = low_latency_receive(answerer)
+        assert len(installed) == 1 and isinstance(installed[0], AudioJitterBuffer)
+        assert _buffers(answerer) == installed
+        assert low_latency_receive(answerer) == []  # idempotent
     finally:
         await offerer.close()
         await answerer.close()
+
+
+class _Packet:
+    """The fields of an aiortc RtpPacket the receive buffer reads (test double)."""
+
+    def __init__(self, sequence_number: int, timestamp: int) -> None:
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.payload_type = 111
+        self._data = bytes([sequence_number % 256])
+
+
+def _released(buffer: AudioJitterBuffer, *sequence: int) -> list[int | None]:
+    out: list[int | None] = []
+    for seq in sequence:
+        pli, frame = buffer.add(_Packet(seq, seq * 960))
+        assert pli is False
+        out.append(None if frame is None else frame.timestamp // 960)
+        if frame is not None:
+            assert frame.data == bytes([seq % 256])
+    return out
+
+
+def test_audio_jitter_buffer_releases_each_packet_on_arrival() -> None:
+    """aiortc's buffer holds a packet until the next arrives; this one hands out every packet at once."""
+    buffer = AudioJitterBuffer()
+    assert _released(buffer, 100, 101, 102) == [100, 101, 102]
+    assert buffer.stats["received"] == 3 and buffer.stats["lost"] == 0
+
+
+def test_audio_jitter_buffer_skips_a_lost_packet_instead_of_stalling() -> None:
+    """A gap is counted lost and the packet after it leaves at once; the lost one arriving later is
+    late and dropped, so the stream never backs up (aiortc's would wait 16 packets, then lag 15)."""
+    buffer = AudioJitterBuffer()
+    assert _released(buffer, 7, 9, 10, 8, 11) == [7, 9, 10, None, 11]
+    assert buffer.stats["lost"] == 1 and buffer.stats["late"] == 1
+    assert _released(buffer, 11) == [None] and buffer.stats["late"] == 2  # a repeat is behind the playout point too
+
+
+def test_audio_jitter_buffer_wraps_and_resynchronises() -> None:
+    buffer = AudioJitterBuffer()
+    assert _released(buffer, 65534, 65535, 0, 1) == [65534, 65535, 0, 1]
+    assert buffer.stats["lost"] == 0
+    assert _released(buffer, 30000, 30001) == [30000, 30001]  # a restarted source, not 29999 losses
+    assert buffer.stats["resyncs"] == 1 and buffer.stats["lost"] == 0
+
+
+def test_timestamp_gaps_fill_lost_audio_up_to_the_limit() -> None:
+    from fractions import Fraction
+
+    gaps = TimestampGaps(max_conceal_s=Fraction(1, 5))
+    packet = Fraction(20, 1000)
+    assert gaps.missing_before(Fraction(0), packet) == 0  # the first frame
+    assert gaps.missing_before(packet, packet) == 0  # in order
+    assert gaps.missing_before(4 * packet, packet) == 2 * packet  # two packets lost
+    assert gaps.missing_before(5 * packet, packet) == 0
+    assert gaps.missing_before(6 * packet + Fraction(1, 2), packet) == 0  # 500 ms of DTX: too long to fill
+    assert gaps.missing_before(Fraction(0), packet) == 0  # a jump back: start afresh
+    assert gaps.missing_before(packet, packet) == 0
+    assert gaps.concealed_s == 2 * packet and gaps.skipped == 2
+
+
+class _ScriptedTrack:
+    """A remote audio track that yields the given frames, then ends (test double)."""
+
+    kind = "audio"
+
+    def __init__(self, frames: list[av.AudioFrame]) -> None:
+        self._frames = list(frames)
+
+    async def recv(self) -> av.AudioFrame:
+        from aiortc.mediastreams import MediaStreamError
+
+        if not self._frames:
+            raise MediaStreamError
+        return self._frames.pop(0)
+
+
+async def test_transport_fills_lost_packets_with_silence_from_frame_timestamps() -> None:
+    """Packets 2 and 3 never arrive: the session still gets 5 packets' time, the gap as silence, so a
+    caller's pause keeps its length on the call's timeline."""
+    from agent.transport import AudioReceived
+    from agent.webrtc import WebRtcTransport
+
+    transport = WebRtcTransport(peer_connection())
+    tone = np.full(PACKET_SAMPLES, 1000, np.int16)
+    frames = [mono_frame(tone, 48000, k * PACKET_SAMPLES) for k in (0, 1, 4)]
+    try:
+        await transport._pump_audio(_ScriptedTrack(frames))  # type: ignore[arg-type]
+        audio = []
+        while not transport._events.empty():
+            ev = transport._events.get_nowait()
+            if isinstance(ev, AudioReceived):
+                audio.append(ev.samples)
+        heard = np.concatenate(audio)
+        assert heard.size == 5 * PACKET_SAMPLES
+        assert np.all(heard[2 * PACKET_SAMPLES:4 * PACKET_SAMPLES] == 0)
+        assert np.all(heard[4 * PACKET_SAMPLES:] == 1000) and np.all(heard[:2 * PACKET_SAMPLES] == 1000)
+        assert transport.receive_stats()["concealed_ms"] == 40
+    finally:
+        await transport.close()
