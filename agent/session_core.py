@@ -58,6 +58,7 @@ import numpy as np
 
 from agent.audio import MODEL_INPUT_RATE, MODEL_OUTPUT_RATE, Float32Array, PcmFrame, float32_to_int16
 from agent.audio_clock import AudioClock
+from agent.dtmf_input import DtmfInput
 from agent.echo_gate import EchoGate
 from agent.engine_api import (
     AddText,
@@ -159,8 +160,7 @@ class SessionCore:
         self._out_samples = 0  # agent audio sent, in 16 kHz samples (reference timeline)
         self._out_24k = 0  # agent audio sent, in 24 kHz samples
         self._held_since: int | None = None
-        self._dtmf_digits = ""
-        self._dtmf_last_ms = 0
+        self.dtmf_input = DtmfInput(self.options.dtmf_end_of_input_ms)
         self._early: TurnMetrics | None = None  # answer started on EndOfTurnPredicted, held
         self.feed = EngineFeed()  # what of the caller's audio the engine hears
         self._turn_by_epoch: dict[int, TurnMetrics] = {}
@@ -233,8 +233,9 @@ class SessionCore:
                 self._send(p.samples, now_ms, p.epoch, p.sequence)
         else:
             self._send(self._silence_24k, now_ms, None, None)
-        if self._dtmf_digits and now_ms - self._dtmf_last_ms >= self.options.dtmf_end_of_input_ms:
-            self._end_dtmf_input(now_ms)
+        digits = self.dtmf_input.due(now_ms)
+        if digits:
+            self._end_dtmf_input(digits, now_ms)
         tt = self.clock.turn_time(now_ms)
         for pe in out.events:
             if isinstance(pe, AgentAudioFinished) and pe.epoch == self._answer_epoch:
@@ -376,21 +377,17 @@ class SessionCore:
             if turn is not None:
                 turn.interrupted = True
             self._interrupt(interruption.cleared.played_frames, turn)
-        self._dtmf_digits += digit
-        self._dtmf_last_ms = now
-        if digit == "#":
-            self._end_dtmf_input(now)
+        digits = self.dtmf_input.key(digit, now)
+        if digits:
+            self._end_dtmf_input(digits, now)
 
-    def _end_dtmf_input(self, now: int) -> None:
+    def _end_dtmf_input(self, digits: str, now: int) -> None:
         """The digits go into the caller's turn; the agent answers unless the caller is speaking."""
-        digits, self._dtmf_digits = self._dtmf_digits, ""
-        if not digits:
-            return
         self._submit(AddText(self.engine_call, f"DTMF: {digits}"))
         event(log, "call.dtmf_input", digits=digits)
         if self.turns.state is not TurnState.CALLER_SPEAKING:  # else the turn ends by silence as usual
             self.feed.stop()
-            self._start_answer(self._dtmf_last_ms, now)
+            self._start_answer(self.dtmf_input.last_ms, now)
             self.summary.end_of_turns.append(now)
 
     def _withdraw_early_answer(self, now: int) -> None:
