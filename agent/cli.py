@@ -126,9 +126,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from agent.sim_command import run_simulate
+    from agent.sim_command import DEFAULT_CONCURRENCY, run_simulate
 
-    concurrency = args.concurrency or {"inproc": 4, "sip": 2, "webrtc": 1}[args.transport]
+    concurrency = args.concurrency or DEFAULT_CONCURRENCY[args.transport]
     code: int = run_simulate(_settings(args), list(args.scenarios), args.transport, concurrency, Path(args.out),
                              run_log_path(args))
     return code
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", default="inproc", choices=["inproc", "webrtc", "sip"])
     p.add_argument("--concurrency", type=int, default=None,
                    help="calls at once (default: inproc 4, sip 2, webrtc 1 — both ends of every call run "
-                        "in this process)")
+                        "in this process; agent.sim_command.DEFAULT_CONCURRENCY)")
     p.add_argument("--out", default="runs/latest", metavar="DIR")
     _add_model(p)
     p = add("dial", cmd_dial, "place an outbound SIP call to a URI and talk to the callee", CONSOLE_SERVER)

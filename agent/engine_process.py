@@ -39,7 +39,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,6 +59,8 @@ from agent.engine_api import (
     Rejected,
     command_name,
 )
+from agent.engine_child import engine_main
+from agent.engine_socket import FramedSocket
 from agent.engine_thread import ThreadEngineClient
 from agent.log import event
 
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENGINE_LOST = "agent: engine restarted"  # CallSummary.ended_by of a call ended by an engine death
-STATS_INTERVAL_S = 0.2
 READY_TIMEOUT_S = 600.0
 
 
@@ -136,203 +136,6 @@ class StepBudget:
 
     def fits(self, now: float) -> bool:
         return self.margin <= 0 or self.p90_ms(now) <= self.budget_ms
-
-
-# -- the socket, on an event loop -------------------------------------------------------------------
-class FramedSocket:
-    """Frames over a non-blocking stream socket, read and written from the event loop."""
-
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, on_frame: Callable[[bytes], None],
-                 on_eof: Callable[[str], None]) -> None:
-        self.sock = sock
-        self.loop = loop
-        self._on_frame = on_frame
-        self._on_eof = on_eof
-        self._frames = wire.FrameBuffer()
-        self._pending: deque[memoryview] = deque()
-        self.blocked_since: float | None = None  # when writes started to queue up
-        self.closed = False
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        try:
-            data = self.sock.recv(1 << 18)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._eof(f"socket error: {exc}")
-            return
-        if not data:
-            self._eof("socket closed")
-            return
-        try:
-            bodies = self._frames.push(data)
-        except wire.WireError as exc:
-            self._eof(f"bad stream: {exc}")
-            return
-        for body in bodies:
-            if self.closed:
-                return
-            self._on_frame(body)
-
-    def send(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self._pending:
-            self._pending.append(memoryview(data))
-            return
-        try:
-            n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._eof(f"socket error: {exc}")
-            return
-        if n < len(data):
-            self._pending.append(memoryview(data)[n:])
-            self.blocked_since = time.monotonic()
-            self.loop.add_writer(self.sock.fileno(), self._writable)
-
-    def _writable(self) -> None:
-        while self._pending:
-            head = self._pending[0]
-            try:
-                n = self.sock.send(head)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._eof(f"socket error: {exc}")
-                return
-            if n < len(head):
-                self._pending[0] = head[n:]
-                return
-            self._pending.popleft()
-        self.blocked_since = None
-        self.loop.remove_writer(self.sock.fileno())
-
-    def blocked_for(self, now: float) -> float:
-        return 0.0 if self.blocked_since is None else now - self.blocked_since
-
-    def _eof(self, why: str) -> None:
-        if self.closed:
-            return
-        self.close()
-        self._on_eof(why)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(Exception):
-            self.loop.remove_reader(self.sock.fileno())
-            self.loop.remove_writer(self.sock.fileno())
-        self._pending.clear()
-        self.sock.close()
-
-
-# -- the engine process -----------------------------------------------------------------------------
-def engine_main(sock: socket.socket, settings: Settings, choice: ModelChoice, slots: int, threads: int,
-                nice: int = 0) -> None:
-    """The spawned process: load the model, run the engine, serve it on `sock` until it closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the call process's: it drains, then stops us
-    if nice > 0:  # on a contended CPU the call process's RTP pacing wins over the engine's work
-        with contextlib.suppress(OSError):
-            os.nice(nice)
-    from agent.log import configure_child_logging
-
-    configure_child_logging(settings.logging.level, settings.logging.format)  # the parent's console/log file
-    import torch
-
-    from agent.commands import choice_is_tiny, engine_settings, load_choice
-    from agent.errors import CliError
-    from model.engine import Engine
-    from model.errors import CheckpointError
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    # the engine's worker thread holds the GIL between tensor ops; this process's event loop (the
-    # socket) must get it back quickly, or every event and command waits up to the 5 ms default
-    sys.setswitchinterval(0.0005)
-    try:
-        loaded = load_choice(settings.model, choice)
-        tiny = choice_is_tiny(loaded)
-        engine = Engine(loaded, engine_settings(settings.model, tiny, slots=slots))
-    except Exception as exc:  # e.g. a checkpoint error: the call process says why, no traceback here
-        message = str(exc) if isinstance(exc, (CheckpointError, CliError, OSError)) else \
-            f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError):
-            sock.sendall(wire.failed(message))
-        sock.close()
-        raise SystemExit(1) from None
-    info = {"description": choice.description, "device": str(loaded.device), "dtype": str(loaded.dtype),
-            "decoder": loaded.decoder.name if loaded.decoder is not None else "none", "tiny": tiny}
-    asyncio.run(_EngineHost(sock, engine, info).run())
-
-
-class _EngineHost:
-    """The engine process's event loop: frames in -> ThreadEngineClient; its events -> frames out."""
-
-    def __init__(self, sock: socket.socket, engine: Engine, info: dict[str, Any]) -> None:
-        from agent.engine_thread import ThreadEngineClient
-
-        self.sock = sock
-        self.engine = engine
-        self.client = ThreadEngineClient(engine)
-        self.info = info
-        self.forwarders: dict[int, asyncio.Task[None]] = {}
-        self.bad_frames = 0
-        self._done = asyncio.Event()
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.engine.start()
-        self.wire = FramedSocket(self.sock, loop, self._on_frame, lambda why: self._done.set())
-        self.wire.send(wire.ready(os.getpid(), self.info))
-        stats = loop.create_task(self._stats())
-        try:
-            await self._done.wait()
-        finally:
-            stats.cancel()
-            for task in self.forwarders.values():
-                task.cancel()
-            self.wire.close()
-            self.engine.stop()
-
-    async def _stats(self) -> None:
-        seen = self.engine.steps
-        while True:
-            await asyncio.sleep(STATS_INTERVAL_S)
-            steps, times = self.engine.steps, self.engine.step_seconds
-            new = min(steps - seen, len(times))
-            seen = steps
-            self.wire.send(wire.stats(steps, len(self.forwarders), self.client.rejected,
-                                      times[len(times) - new :] if new > 0 else []))
-
-    def _on_frame(self, body: bytes) -> None:
-        if body[:1] == bytes([wire.STOP]):
-            self._done.set()
-            return
-        try:
-            command = wire.decode_command(body)
-        except wire.WireError as exc:
-            self.bad_frames += 1
-            event(log, "engine.bad_frame", logging.WARNING, error=str(exc)[:200])
-            return
-        call = command.call
-        if isinstance(command, Open) and call in self.forwarders:
-            return
-        self.client.submit(command)
-        if isinstance(command, Open):
-            self.forwarders[call] = asyncio.get_running_loop().create_task(self._forward(call))
-        elif isinstance(command, Close):
-            task = self.forwarders.pop(call, None)
-            if task is not None:
-                task.cancel()
-
-    async def _forward(self, call: int) -> None:
-        while True:
-            self.wire.send(wire.encode(await self.client.next_event(call)))
 
 
 # -- the call process's side ------------------------------------------------------------------------

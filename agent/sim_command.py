@@ -23,6 +23,9 @@ from agent.simulator import run_simulation, summaries_from
 from config.schema import Settings
 
 DEFAULT_SCENARIOS = Path(__file__).resolve().parent.parent / "config" / "scenarios"
+# calls at once when none is asked for: both ends of every call run in the simulating process, and a
+# WebRTC call (two aiortc peers: DTLS, SRTP, Opus in Python) costs that process the most
+DEFAULT_CONCURRENCY = {"inproc": 4, "sip": 2, "webrtc": 1}
 
 
 def _say(text: str) -> None:

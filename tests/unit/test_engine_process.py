@@ -29,7 +29,8 @@ from agent.engine_api import (
     Retract,
     TextDelta,
 )
-from agent.engine_process import ENGINE_LOST, EngineProcessClient, FramedSocket, StepBudget
+from agent.engine_process import ENGINE_LOST, EngineProcessClient, StepBudget
+from agent.engine_socket import FramedSocket
 from agent.model_choice import ModelChoice
 from config.schema import Settings
 
