@@ -23,8 +23,10 @@ energy or below ``residual_floor_dbfs``. ``EchoVerdict.cleaned`` is the residual
 silenced: feed *that* to the VAD, so that echo alone never starts speech, while a caller talking over
 the agent (whose voice the path cannot predict) leaves a loud residual and still does. Until a path has
 been accepted, caller audio during the first ``convergence_grace_ms`` of reference activity is treated as
-echo (a barge-in in the agent's first 0.6 s is heard a little later); without a path after that, the
-audio passes unchanged (a line without echo).
+echo, unless a fit over loud caller audio (above ``grace_release_level_dbfs`` where the agent's echo could
+be) explains under ``grace_release_erle_db`` of it: that is a caller talking over the agent's first words on a line
+without echo, and the grace ends there (``grace_released_at_ms``). Without a path after the grace, the
+audio passes unchanged (a line without echo); estimates go on, and a path found later gates again.
 
 Measured on simulated lines (tests/unit/test_echo_gate.py; agent at -16 dBFS, 16 -> 8 kHz -> mu-law ->
 16 kHz, -60 dBFS noise; delays 40/120/250 ms x gains -6/-12/-20 dB): delay found to the sample, fitted
@@ -65,6 +67,10 @@ class EchoGateSettings:
     residual_floor_dbfs: float = -58.0
     reference_active_dbfs: float = -55.0
     convergence_grace_ms: int = 600
+    # the grace ends early when a fit over loud caller audio explains almost none of it: that sound
+    # is not the agent's echo (the caller talks over the agent's first words on a line without echo)
+    grace_release_erle_db: float = 3.0
+    grace_release_level_dbfs: float = -45.0
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.block_ms <= 0 or (self.sample_rate * self.block_ms) % 1000:
@@ -174,6 +180,8 @@ class EchoGate:
         self._first_reference_ms: int | None = None
         self._last_estimate_ms: int | None = None
         self.converged_at_ms: int | None = None
+        self.grace_released_at_ms: int | None = None  # the grace ended early: the caller's sound is not echo
+        self._last_fit: tuple[int, Float64Array, Float64Array] | None = None  # (window start, caller, fitted echo)
         self.estimates_tried = 0
         self.estimates_accepted = 0
 
@@ -198,6 +206,7 @@ class EchoGate:
         cleaned = residual.copy()
         in_grace = (
             path is None
+            and self.grace_released_at_ms is None
             and self._first_reference_ms is not None
             and start_ms - self._first_reference_ms < s.convergence_grace_ms
         )
@@ -251,7 +260,11 @@ class EchoGate:
         if last is not None and now_ms - last < interval:
             return
         self._last_estimate_ms = now_ms  # attempts are rate-limited whether or not they succeed
+        self._last_fit = None
         candidate = self._estimate(now_ms)
+        if self.path is None and self.grace_released_at_ms is None \
+                and now_ms - self._first_reference_ms < s.convergence_grace_ms and self._not_echo():
+            self.grace_released_at_ms = now_ms
         if candidate is None:
             return
         self.estimates_tried += 1
@@ -292,6 +305,38 @@ class EchoGate:
         e_y = float(np.sum(y[rows] ** 2))
         e_r = float(np.sum((y[rows] - echo[rows]) ** 2))
         return 10.0 * math.log10(max(e_y, 1e-15) / max(e_r, 1e-15))
+
+    def _not_echo(self) -> bool:
+        """Whether the last fit shows loud caller sound, where echo of the agent could be, that it
+        explains almost none of (under ``grace_release_erle_db``): that sound is not echo."""
+        s = self.settings
+        fit = self._last_fit
+        if fit is None:
+            return False
+        a, y, echo = fit
+        rows = self._echo_possible_rows(a, y.shape[0])
+        if int(rows.sum()) < s.samples(s.min_reference_ms):
+            return False
+        e_y = float(np.mean(y[rows] ** 2))
+        if _dbfs(e_y) <= s.grace_release_level_dbfs:
+            return False
+        e_r = float(np.mean((y[rows] - echo[rows]) ** 2))
+        return 10.0 * math.log10(e_y / max(e_r, 1e-15)) < s.grace_release_erle_db
+
+    def _echo_possible_rows(self, a: int, w: int) -> npt.NDArray[np.bool_]:
+        """Rows of the caller window (from sample `a`, `w` long) with agent audio in the
+        ``max_delay_ms`` before them: where its echo could be."""
+        b, d = self._block, self._max_delay
+        ref = self._reference.read(a - d, a + w)  # ref[j] = reference at sample a - d + j
+        nb = ref.shape[0] // b
+        active = 10.0 * np.log10(np.mean(ref[: nb * b].reshape(nb, b) ** 2, axis=1) + 1e-15) \
+            > self.settings.reference_active_dbfs
+        cum = np.concatenate([[0], np.cumsum(active)])
+        ks = np.arange(w // b)  # caller block k sees reference blocks k .. k + d // b
+        possible = cum[np.minimum(ks + d // b + 1, nb)] - cum[ks] > 0
+        rows = np.zeros(w, dtype=bool)
+        rows[: ks.size * b] = np.repeat(possible, b)
+        return rows
 
     def _window_erle(self, path: EchoPath) -> float | None:
         data = self._window_data()
@@ -335,6 +380,7 @@ class EchoGate:
         ridge = 1e-6 * (float(np.trace(gram)) / gram.shape[0] + 1e-12)
         taps = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), design.T @ y)
         echo = design @ taps
+        self._last_fit = (a, y, echo)
         erle = self._erle(y, echo)
         if erle is None:
             return None

@@ -102,6 +102,7 @@ class SessionOptions:
                 barge_in_word_ms=t.barge_in_word_ms,
                 backchannel_max_ms=t.backchannel_max_ms,
                 hold_at_voice_onset=t.hold_at_voice_onset,
+                barge_in_gap_ms=t.barge_in_gap_ms,
             ),
             turn_end=functools.partial(policy_from_settings, settings),
             vad=TrackerSettings(start_threshold=v.start_threshold, stop_threshold=v.stop_threshold,

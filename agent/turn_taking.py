@@ -47,8 +47,11 @@ INTERRUPTION_PENDING   voiced >= S.barge_in_min_speech_ms           CALLER_SPEAK
                                                                                              interrupting speech's start)
 INTERRUPTION_PENDING   VAD stopped with less voiced (backchannel,   AGENT_SPEAKING or        FalseInterruption (the session resumes the
                                                                                              held audio)
-                       cough), or S.false_interruption_timeout_ms   AGENT_THINKING
+                       cough) and no speech again within
+                       S.barge_in_gap_ms of its pause (0: at the    AGENT_THINKING
+                       stop), or S.false_interruption_timeout_ms
                        passed without reaching it
+INTERRUPTION_PENDING   speech again within S.barge_in_gap_ms        INTERRUPTION_PENDING     none: the same interruption, voiced time added
 INTERRUPTION_PENDING   agent_audio_finished (agent done anyway)     CALLER_SPEAKING          AgentFinishedSpeaking, SpeechStarted
 any (agent audio on)   agent_audio_finished                         (as above)               AgentFinishedSpeaking(interrupted)
 =====================  ===========================================  =======================  ==============================================
@@ -133,6 +136,9 @@ class TurnTakingSettings:
     barge_in_word_ms: int = 0  # 0: duration only; else a BackchannelJudge: WORDS barge in after this much voiced
     backchannel_max_ms: int = 1200  # with the judge: any speech over the agent this long (voiced) barges in
     hold_at_voice_onset: bool = False  # suspect at the VAD's first voiced chunk, not after its start_ms
+    # 0: an interruption that stops short is false at the VAD's stop; else speech again within this
+    # long of its pause continues the same interruption ("Excuse me, ... how long?"), audio still held
+    barge_in_gap_ms: int = 0
 
     def __post_init__(self) -> None:
         for name in ("end_of_turn_silence_ms", "barge_in_min_speech_ms", "false_interruption_timeout_ms",
@@ -146,6 +152,8 @@ class TurnTakingSettings:
                 f"need 0 < barge_in_word_ms ({self.barge_in_word_ms}) <= backchannel_max_ms "
                 f"({self.backchannel_max_ms}) < false_interruption_timeout_ms ({self.false_interruption_timeout_ms})"
             )
+        if self.barge_in_gap_ms < 0:
+            raise ValueError(f"barge_in_gap_ms must be >= 0, got {self.barge_in_gap_ms}")
         if self.speculative_window_ms < 0:
             raise ValueError(f"speculative_window_ms must be >= 0, got {self.speculative_window_ms}")
         if not 0 <= self.early_response_silence_ms < self.end_of_turn_silence_ms:
@@ -260,8 +268,9 @@ class TurnTaking:
             voiced_ms = self._voiced_ms(now_ms)
             if self._interrupts(voiced_ms, now_ms):
                 return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
-            return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
-        return self._evaluate(now_ms)
+            if not self.settings.barge_in_gap_ms:
+                return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
+        return self._evaluate(now_ms)  # with barge_in_gap_ms: false once the gap passes (_evaluate)
 
     def agent_audio_started(self, now_ms: int) -> list[TurnEvent]:
         self._advance(now_ms)
@@ -331,6 +340,9 @@ class TurnTaking:
             return self._end_of_turn_ms + s.response_timeout_ms
         if self.state is TurnState.INTERRUPTION_PENDING:
             timeout = self._speech_start_ms + s.false_interruption_timeout_ms
+            gap_end = self._gap_end_ms()
+            if gap_end is not None:
+                return min(timeout, gap_end)
             if self._segment_start_ms is not None:
                 need = s.barge_in_word_ms if self.judge is not None else s.barge_in_min_speech_ms
                 missing = need - self._closed_voiced_ms
@@ -389,6 +401,12 @@ class TurnTaking:
         running = 0 if self._segment_start_ms is None else max(0, now_ms - self._segment_start_ms)
         return self._closed_voiced_ms + running
 
+    def _gap_end_ms(self) -> int | None:
+        """With barge_in_gap_ms: when a pending interruption whose talkspurt has stopped short is false."""
+        if not self.settings.barge_in_gap_ms or self._talkspurt or self._silence_since_ms is None:
+            return None
+        return self._silence_since_ms + self.settings.barge_in_gap_ms
+
     def _agent_state(self) -> TurnState:
         return TurnState.AGENT_SPEAKING if self.agent_audio_playing else TurnState.AGENT_THINKING
 
@@ -422,6 +440,9 @@ class TurnTaking:
                 return self._barge_in(now_ms, voiced_ms) + self._evaluate(now_ms)
             if now_ms - self._speech_start_ms >= s.false_interruption_timeout_ms:
                 self._ignore_talkspurt = self._talkspurt
+                return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
+            gap_end = self._gap_end_ms()
+            if gap_end is not None and now_ms >= gap_end:  # the caller stopped short and did not go on
                 return [self._false_interruption(now_ms, voiced_ms), *self._evaluate(now_ms)]
             return []
         if self._speculative and self._speculative_until is not None and now_ms >= self._speculative_until:

@@ -59,6 +59,7 @@ class TurnSettings:
     backchannel_max_ms: int = spec(1200, min=20, max=10000)
     barge_in_min_speech_ms: int = spec(600, min=20, max=5000)
     hold_at_voice_onset: bool = spec(True)
+    barge_in_gap_ms: int = spec(400, min=0, max=5000)
     false_interruption_timeout_ms: int = spec(1500, min=100, max=10000)
     max_turn_ms: int = spec(30000, min=1000, max=600000)
     response_timeout_ms: int = spec(5000, min=500, max=60000)

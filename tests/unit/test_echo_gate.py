@@ -216,3 +216,46 @@ def test_synthesised_voices_with_silero_echo_alone_vs_caller_cutting_in(silero: 
     t, barge_in = barge_ins[0]
     assert isinstance(barge_in, BargeIn) and 1900 <= barge_in.speech_started_ms <= 2400
     assert t <= 2000 + 900
+
+
+def _cut_in_at(start_ms: int, reference: Signal, talker_dbfs: float, echo: tuple[int, int] | None) -> Signal:
+    talker, _ = speech_like(1500, seed=5, f0_hz=220, level_dbfs=talker_dbfs)
+    caller = np.zeros(reference.size)
+    a = RATE * start_ms // 1000
+    caller[a : a + talker.size] = talker[: reference.size - a]
+    line = caller if echo is None else delayed(reference, *echo) + caller
+    return phone_line(line)
+
+
+@pytest.mark.parametrize("talker_dbfs", [-20, -29])
+def test_a_caller_cutting_in_during_the_grace_on_a_line_without_echo_reaches_the_vad_early(talker_dbfs: int) -> None:
+    """The agent's first words: without a path yet, everything is taken for echo. A fit that explains
+    none of a loud caller sound ends that at once: the cut-in 200 ms in is heard well before 600 ms."""
+    reference = agent_then_silence(tail_ms=0)
+    mic = _cut_in_at(200, reference, talker_dbfs, echo=None)
+    gate = EchoGate()
+    first_passed = None
+    for i in range(mic.size // FRAME):
+        gate.push_reference(reference[i * FRAME : (i + 1) * FRAME].astype(np.float32), i * 80)
+        verdict = gate.process(mic[i * FRAME : (i + 1) * FRAME].astype(np.float32), i * 80)
+        if first_passed is None and verdict.echo_blocks < verdict.blocks and np.abs(verdict.cleaned).max() > 0.01:
+            first_passed = i * 80
+    assert gate.grace_released_at_ms is not None and gate.grace_released_at_ms <= 400
+    assert first_passed is not None and first_passed <= 400
+    events = run_call(reference, mic, energy_vad(), gate=EchoGate(), agent_end_ms=4000)
+    starts = [e for _, e in events if isinstance(e, SpeechStarted)]
+    assert starts and starts[0].at_ms <= 450
+
+
+@pytest.mark.parametrize("delay_ms", [40, 250])
+def test_echo_with_the_caller_talking_over_it_does_not_end_the_grace(delay_ms: int) -> None:
+    """A line with strong echo: the fit explains most of the sound, so the grace holds and the
+    path is found as before; echo alone after the caller stops never starts speech."""
+    reference = agent_then_silence()
+    mic = _cut_in_at(200, reference, -26, echo=(delay_ms, -6))
+    gate = EchoGate()
+    for i in range(mic.size // FRAME):
+        gate.push_reference(reference[i * FRAME : (i + 1) * FRAME].astype(np.float32), i * 80)
+        gate.process(mic[i * FRAME : (i + 1) * FRAME].astype(np.float32), i * 80)
+    assert gate.grace_released_at_ms is None
+    assert gate.path is not None and abs(gate.path.delay_samples / 16 - delay_ms) <= 1

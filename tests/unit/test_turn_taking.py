@@ -426,3 +426,54 @@ def test_an_onset_while_the_caller_has_the_floor_holds_nothing() -> None:
     call = Caller(ONSET)
     call.speak(Caller.CHUNK_MS)
     assert call.of(InterruptionSuspected) == [] and call.turns.state is TurnState.LISTENING
+
+
+# --- one interruption across a short gap (barge_in_gap_ms) ------------------------------------------
+
+GAP = dataclasses.replace(ONSET, barge_in_min_speech_ms=600, barge_in_gap_ms=400)
+
+
+def _excuse_me(settings: TurnTakingSettings) -> tuple[Caller, int]:
+    """"Excuse me," (320 ms), a 288 ms comma pause, "how long does that take?" (800 ms), over the agent."""
+    call = onset_call(settings)
+    start_ms = call.now_ms
+    call.speak(320)
+    call.silence(288)
+    call.speak(800)
+    call.silence(800)
+    return call, start_ms
+
+
+def test_speech_again_within_the_gap_continues_the_interruption_and_barges_in() -> None:
+    call, start_ms = _excuse_me(GAP)
+    assert call.of(FalseInterruption) == []  # the agent stays held from the first onset
+    (held_at, first), = call.of(InterruptionSuspected)[:1]
+    assert isinstance(first, InterruptionSuspected) and first.onset_only and held_at == start_ms + Caller.CHUNK_MS
+    (_, barge_in), = call.of(BargeIn)
+    assert isinstance(barge_in, BargeIn) and barge_in.speech_started_ms == start_ms
+    assert barge_in.voiced_ms >= 600
+
+
+def test_without_the_gap_the_agent_resumes_between_the_fragments() -> None:
+    call, _ = _excuse_me(dataclasses.replace(GAP, barge_in_gap_ms=0))
+    assert len(call.of(FalseInterruption)) == 1  # "Excuse me," alone was too short: the agent resumed
+    assert len(call.of(BargeIn)) == 1  # and stopped again on the rest
+
+
+def test_a_backchannel_is_false_once_the_gap_has_passed_since_its_pause() -> None:
+    call = onset_call(GAP)
+    call.speak(320)  # "uh-huh"
+    pause_ms = call.now_ms
+    call.silence(320)  # the VAD has stopped (stop_ms 160) but the gap is not over
+    assert call.of(FalseInterruption) == [] and call.turns.state is TurnState.INTERRUPTION_PENDING
+    assert call.turns.next_deadline_ms() == pause_ms + 400
+    call.silence(160)
+    (at, false), = call.of(FalseInterruption)
+    assert isinstance(false, FalseInterruption) and pause_ms + 400 <= at < pause_ms + 400 + Caller.CHUNK_MS
+    assert call.turns.state is TurnState.AGENT_SPEAKING
+    assert call.of(BargeIn) == []
+
+
+def test_the_gap_must_not_be_negative() -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(SETTINGS, barge_in_gap_ms=-1)
