@@ -289,14 +289,23 @@ class EchoGate:
             return None
         return a, self._caller.read(a, end)
 
+    def _active_blocks(self, x: Float64Array) -> npt.NDArray[np.bool_]:
+        """Per whole block of `x`: is it above ``reference_active_dbfs``."""
+        n = x.shape[0] // self._block * self._block
+        blocks = x[:n].reshape(-1, self._block)
+        active: npt.NDArray[np.bool_] = 10.0 * np.log10(np.mean(blocks**2, axis=1) + 1e-15) \
+            > self.settings.reference_active_dbfs
+        return active
+
+    def _rows(self, blocks: npt.NDArray[np.bool_], w: int) -> npt.NDArray[np.bool_]:
+        """Block flags spread over a window of `w` rows (a partial last block is False)."""
+        rows = np.zeros(w, dtype=bool)
+        rows[: blocks.size * self._block] = np.repeat(blocks, self._block)
+        return rows
+
     def _active_rows(self, echo: Float64Array) -> npt.NDArray[np.bool_]:
         """Rows of the window inside blocks where the predicted echo is active."""
-        n = echo.shape[0] // self._block * self._block
-        blocks = echo[:n].reshape(-1, self._block)
-        active_block = 10.0 * np.log10(np.mean(blocks**2, axis=1) + 1e-15) > self.settings.reference_active_dbfs
-        rows = np.zeros(echo.shape[0], dtype=bool)
-        rows[:n] = np.repeat(active_block, self._block)
-        return rows
+        return self._rows(self._active_blocks(echo), echo.shape[0])
 
     def _erle(self, y: Float64Array, echo: Float64Array) -> float | None:
         rows = self._active_rows(echo)
@@ -327,16 +336,11 @@ class EchoGate:
         """Rows of the caller window (from sample `a`, `w` long) with agent audio in the
         ``max_delay_ms`` before them: where its echo could be."""
         b, d = self._block, self._max_delay
-        ref = self._reference.read(a - d, a + w)  # ref[j] = reference at sample a - d + j
-        nb = ref.shape[0] // b
-        active = 10.0 * np.log10(np.mean(ref[: nb * b].reshape(nb, b) ** 2, axis=1) + 1e-15) \
-            > self.settings.reference_active_dbfs
+        active = self._active_blocks(self._reference.read(a - d, a + w))  # block j starts at sample a - d + j * b
         cum = np.concatenate([[0], np.cumsum(active)])
         ks = np.arange(w // b)  # caller block k sees reference blocks k .. k + d // b
-        possible = cum[np.minimum(ks + d // b + 1, nb)] - cum[ks] > 0
-        rows = np.zeros(w, dtype=bool)
-        rows[: ks.size * b] = np.repeat(possible, b)
-        return rows
+        possible = cum[np.minimum(ks + d // b + 1, active.size)] - cum[ks] > 0
+        return self._rows(possible, w)
 
     def _window_erle(self, path: EchoPath) -> float | None:
         data = self._window_data()

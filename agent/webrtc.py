@@ -407,7 +407,7 @@ class WebRtcTransport:
             await self.pc.close()
 
     def receive_stats(self) -> dict[str, int]:
-        """Inbound packets lost, late, duplicated (from the receive buffers) and the silence that filled gaps."""
+        """Inbound packets lost and late (from the receive buffers) and the silence that filled gaps."""
         totals: dict[str, int] = {"frames": self.frames_received}
         for buffer in self.receive_buffers:
             for key, value in buffer.stats.items():

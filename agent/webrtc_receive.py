@@ -40,8 +40,6 @@ MAX_JUMP_PACKETS = 100  # a larger sequence jump is a restarted source: resynchr
 class AudioJitterBuffer:
     """Drop-in for aiortc's audio jitter buffer (``add(packet) -> (pli, frame)``) that never waits."""
 
-    capacity = 16  # aiortc's audio buffer size; read by code that rebuilds a buffer like this one
-
     def __init__(self) -> None:
         self._sequence = SequenceBuffer(max_wait_ms=0, max_held=1, max_jump=MAX_JUMP_PACKETS, max_conceal=0)
 
@@ -52,9 +50,9 @@ class AudioJitterBuffer:
 
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
         """`packet`: an aiortc RtpPacket whose payload the receiver has depayloaded into ``_data``."""
-        self._sequence.push(packet.sequence_number, packet.payload_type, b"", time.monotonic())
-        released = [item for item in self._sequence.pop(time.monotonic()) if not item.lost]
-        if not released:  # late
+        now = time.monotonic()  # no wait is configured: the time only orders arrivals
+        self._sequence.push(packet.sequence_number, packet.payload_type, b"", now)
+        if not any(not item.lost for item in self._sequence.pop(now)):  # late
             return False, None
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
 
